@@ -1,0 +1,1 @@
+"""Adapters: the database mapping, repositories, read queries, outbox, cache, mail."""

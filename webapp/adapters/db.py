@@ -1,0 +1,73 @@
+"""Engine and session factory from settings, tuned per backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def normalize_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3 here."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str, settings: dict[str, Any] | None = None) -> Engine:
+    """Build the engine. PostgreSQL gets a sized, pre-pinged pool; SQLite gets WAL,
+    a busy timeout and ``BEGIN IMMEDIATE`` for write transactions (so two writers
+    never both read the seat count before one of them writes it)."""
+    settings = settings or {}
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_pre_ping=False,
+        )
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(
+        url,
+        pool_size=int(settings.get("DB_POOL_SIZE", 10)),
+        max_overflow=int(settings.get("DB_MAX_OVERFLOW", 10)),
+        pool_timeout=float(settings.get("DB_POOL_TIMEOUT", 5)),
+        pool_recycle=int(settings.get("DB_POOL_RECYCLE", 1800)),
+        pool_pre_ping=True,
+        connect_args={
+            "connect_timeout": 5,
+            "options": f"-c statement_timeout={int(settings.get('DB_COMMAND_TIMEOUT', 30)) * 1000}",
+        },
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        # let SQLAlchemy emit BEGIN itself (pysqlite's implicit BEGIN is DEFERRED)
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def write_engine(engine: Engine) -> Engine:
+    """The engine for use cases that write: immediate transactions on SQLite."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(sqlite_begin="IMMEDIATE")
+    return engine
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)

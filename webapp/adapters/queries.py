@@ -1,0 +1,203 @@
+"""Read side: lean Core projections for the pages (no ORM identity map, no N+1).
+
+Each function takes a Session or Connection and returns plain dicts, which the
+cache can store as they are. Waitlist positions are computed here, when reading,
+from the stable queue keys.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from webapp.adapters.tables import events, registrations, users
+
+Executor = Session | Connection
+WAITLISTED = "Waitlisted"
+
+_event_columns = (
+    events.c.Id.label("id"),
+    events.c.Title.label("title"),
+    events.c.Venue.label("venue"),
+    events.c.StartDate.label("start_date"),
+    events.c.Capacity.label("capacity"),
+    events.c.ConfirmedCount.label("confirmed_count"),
+    events.c.WaitlistCount.label("waitlist_count"),
+    events.c.RegistrationOpen.label("registration_open"),
+)
+
+
+def _as_uuid(value: str | uuid.UUID) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def _row(mapping: Any) -> dict[str, Any]:
+    row = dict(mapping)
+    if "capacity" in row:
+        row["seats_left"] = max(row["capacity"] - row["confirmed_count"], 0)
+    return row
+
+
+def upcoming_events(db: Executor, now: datetime, limit: int = 100) -> list[dict[str, Any]]:
+    """Events that have not started, soonest first (uses IX_Events_StartDate)."""
+    stmt = (
+        select(*_event_columns)
+        .where(events.c.StartDate > now)
+        .order_by(events.c.StartDate, events.c.Id)
+        .limit(limit)
+    )
+    return [_row(r._mapping) for r in db.execute(stmt)]
+
+
+def all_events(db: Executor) -> list[dict[str, Any]]:
+    """Every event, newest start first (organiser list)."""
+    stmt = select(*_event_columns).order_by(events.c.StartDate.desc(), events.c.Id)
+    return [_row(r._mapping) for r in db.execute(stmt)]
+
+
+def event_detail(db: Executor, event_id: int) -> dict[str, Any] | None:
+    stmt = select(*_event_columns, events.c.Description.label("description")).where(
+        events.c.Id == event_id
+    )
+    row = db.execute(stmt).first()
+    return _row(row._mapping) if row else None
+
+
+def _position_of(queue_key: Any) -> Any:
+    """Scalar subquery: 1-based waitlist position of ``queue_key`` in its event."""
+    inner = registrations.alias("ahead")
+    return (
+        select(func.count())
+        .where(
+            inner.c.EventId == registrations.c.EventId,
+            inner.c.Status == WAITLISTED,
+            inner.c.PositionInQueue <= queue_key,
+        )
+        .scalar_subquery()
+    )
+
+
+def registration_status(db: Executor, registration_id: str | uuid.UUID) -> dict[str, Any] | None:
+    """A person's registration with the event and the live waitlist position."""
+    r = registrations.c
+    stmt = (
+        select(
+            r.Id.label("registration_id"),
+            r.EventId.label("event_id"),
+            r.Status.label("status"),
+            r.PositionInQueue.label("queue_key"),
+            r.CreatedAt.label("created_at"),
+            r.CancelledAt.label("cancelled_at"),
+            users.c.Name.label("name"),
+            users.c.Email.label("email"),
+            events.c.Title.label("event_title"),
+            events.c.StartDate.label("start_date"),
+            events.c.Venue.label("venue"),
+        )
+        .join(users, users.c.Id == r.UserId)
+        .join(events, events.c.Id == r.EventId)
+        .where(r.Id == _as_uuid(registration_id))
+    )
+    row = db.execute(stmt).first()
+    if row is None:
+        return None
+    view = dict(row._mapping)
+    view["status"] = _status_value(view["status"])
+    view["position"] = None
+    if view["status"] == WAITLISTED:
+        view["position"] = waitlist_position(db, view["event_id"], view["queue_key"])
+    return view
+
+
+def waitlist_position(db: Executor, event_id: int, queue_key: int) -> int:
+    """1-based position of a queue key: waiting people at or ahead of it (partial index)."""
+    stmt = select(func.count()).where(
+        registrations.c.EventId == event_id,
+        registrations.c.Status == WAITLISTED,
+        registrations.c.PositionInQueue <= queue_key,
+    )
+    return int(db.execute(stmt).scalar_one())
+
+
+def waitlist_behind(db: Executor, event_id: int, after_queue_key: int) -> list[dict[str, Any]]:
+    """Everyone waiting behind ``after_queue_key``, with their current positions."""
+    r = registrations.c
+    ranked = (
+        select(
+            r.Id.label("registration_id"),
+            r.PositionInQueue.label("queue_key"),
+            r.UserId.label("user_id"),
+            func.row_number().over(order_by=r.PositionInQueue).label("position"),
+        )
+        .where(r.EventId == event_id, r.Status == WAITLISTED)
+        .subquery()
+    )
+    stmt = (
+        select(
+            ranked.c.registration_id,
+            ranked.c.queue_key,
+            ranked.c.position,
+            users.c.Name.label("name"),
+            users.c.Email.label("email"),
+            events.c.Title.label("event_title"),
+            events.c.StartDate.label("start_date"),
+        )
+        .join(users, users.c.Id == ranked.c.user_id)
+        .join(events, events.c.Id == event_id)
+        .where(ranked.c.queue_key > after_queue_key)
+        .order_by(ranked.c.queue_key)
+    )
+    return [dict(row._mapping) for row in db.execute(stmt)]
+
+
+def event_attendees(db: Executor, event_id: int) -> list[dict[str, Any]]:
+    """Organiser list: confirmed first, then the waitlist in order, then cancelled."""
+    r = registrations.c
+    order = func.coalesce(r.PositionInQueue, 0)
+    stmt = (
+        select(
+            r.Id.label("registration_id"),
+            r.Status.label("status"),
+            r.PositionInQueue.label("queue_key"),
+            r.CreatedAt.label("created_at"),
+            r.ConfirmedAt.label("confirmed_at"),
+            r.CancelledAt.label("cancelled_at"),
+            users.c.Name.label("name"),
+            users.c.Email.label("email"),
+        )
+        .join(users, users.c.Id == r.UserId)
+        .where(r.EventId == event_id)
+        .order_by(r.Status, order, r.CreatedAt)
+    )
+    rows = [dict(row._mapping) for row in db.execute(stmt)]
+    position = 0
+    for row in rows:
+        row["status"] = _status_value(row["status"])
+        row["position"] = None
+        if row["status"] == WAITLISTED:
+            position += 1
+            row["position"] = position
+    rank = {"Confirmed": 0, "Waitlisted": 1, "Cancelled": 2}
+    rows.sort(key=lambda x: (rank[x["status"]], x["queue_key"] or 0, x["created_at"]))
+    return rows
+
+
+def _status_value(status: Any) -> str:
+    return status.value if hasattr(status, "value") else str(status)
+
+
+__all__ = [
+    "all_events",
+    "and_",
+    "event_attendees",
+    "event_detail",
+    "registration_status",
+    "upcoming_events",
+    "waitlist_behind",
+    "waitlist_position",
+]

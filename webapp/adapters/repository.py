@@ -1,0 +1,84 @@
+"""Repositories for the write side: load aggregates (locked when they will change)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from webapp.domain.model import Attendee, Event, Registration, RegistrationStatus
+
+
+class EventRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        #: aggregates loaded or added in this unit of work (their messages get published)
+        self.seen: set[Event] = set()
+
+    def add(self, event: Event) -> None:
+        self.session.add(event)
+        self.seen.add(event)
+
+    def get(self, event_id: int, *, for_update: bool = False) -> Event | None:
+        """Load an event; ``for_update`` locks its row until commit (PostgreSQL)."""
+        stmt = select(Event).where(Event.id == event_id)  # type: ignore[arg-type]
+        if for_update:
+            stmt = stmt.with_for_update().execution_options(populate_existing=True)
+        event = self.session.scalars(stmt).one_or_none()
+        if event is not None:
+            self.seen.add(event)
+        return event
+
+
+class RegistrationRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, registration: Registration) -> None:
+        self.session.add(registration)
+
+    def get(self, registration_id: uuid.UUID) -> Registration | None:
+        return self.session.get(Registration, registration_id)
+
+    def active_for(self, event_id: int, attendee_id: uuid.UUID) -> Registration | None:
+        stmt = select(Registration).where(
+            Registration.event_id == event_id,  # type: ignore[arg-type]
+            Registration.attendee_id == attendee_id,  # type: ignore[arg-type]
+            Registration.status != RegistrationStatus.CANCELLED,  # type: ignore[arg-type]
+        )
+        return self.session.scalars(stmt).first()
+
+    def by_idempotency_key(self, key: str) -> Registration | None:
+        stmt = select(Registration).where(Registration.idempotency_key == key)  # type: ignore[arg-type]
+        return self.session.scalars(stmt).first()
+
+    def waitlist_head(self, event_id: int, limit: int) -> list[Registration]:
+        """The first ``limit`` waiting registrations in queue order (uses the partial index)."""
+        if limit <= 0:
+            return []
+        stmt = (
+            select(Registration)
+            .where(
+                Registration.event_id == event_id,  # type: ignore[arg-type]
+                Registration.status == RegistrationStatus.WAITLISTED,  # type: ignore[arg-type]
+            )
+            .order_by(Registration.queue_key)  # type: ignore[arg-type]
+            .limit(limit)
+        )
+        return list(self.session.scalars(stmt))
+
+
+class AttendeeRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, attendee: Attendee) -> None:
+        self.session.add(attendee)
+
+    def get(self, attendee_id: uuid.UUID) -> Attendee | None:
+        return self.session.get(Attendee, attendee_id)
+
+    def get_by_email(self, email: str) -> Attendee | None:
+        stmt = select(Attendee).where(Attendee.email == email)  # type: ignore[arg-type]
+        return self.session.scalars(stmt).first()

@@ -1,0 +1,71 @@
+"""Extension objects, created once and bound to the app in ``create_app``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, current_app
+from flask_caching import Cache
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFProtect
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from webapp.adapters.db import make_engine, make_session_factory, write_engine
+from webapp.adapters.orm import start_mappers
+from webapp.services.unit_of_work import AfterCommitHook, UnitOfWork
+
+csrf = CSRFProtect()
+login_manager = LoginManager()
+cache = Cache()
+limiter = Limiter(key_func=get_remote_address, default_limits=[])
+
+
+@dataclass
+class Database:
+    """The engine and session factories of one process."""
+
+    engine: Engine
+    read_sessions: sessionmaker[Session]
+    write_sessions: sessionmaker[Session]
+    after_commit: list[AfterCommitHook] = field(default_factory=list)
+    max_retries: int = 3
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Database:
+        start_mappers()
+        engine = make_engine(config["DATABASE_URL"], config)
+        return cls(
+            engine=engine,
+            read_sessions=make_session_factory(engine),
+            write_sessions=make_session_factory(write_engine(engine)),
+            max_retries=int(config.get("OUTBOX_MAX_RETRIES", 3)),
+        )
+
+    def unit_of_work(self) -> UnitOfWork:
+        from webapp.observability.tracing import current_trace_context
+
+        return UnitOfWork(
+            self.write_sessions,
+            after_commit=self.after_commit,
+            trace_context=current_trace_context,
+            max_retries=self.max_retries,
+        )
+
+
+def init_db(app: Flask) -> Database:
+    db = Database.from_config(app.config)
+    app.extensions["les.db"] = db
+    return db
+
+
+def get_db(app: Flask | None = None) -> Database:
+    return (app or current_app).extensions["les.db"]  # type: ignore[no-any-return]
+
+
+def uow() -> UnitOfWork:
+    """A new unit of work for the current app (the use cases' factory)."""
+    return get_db().unit_of_work()

@@ -1,0 +1,1 @@
+"""Use cases, the unit of work, and the handlers of domain messages."""

@@ -1,0 +1,125 @@
+"""Non-critical handlers: they run in a worker, after the business transaction
+committed, from the outbox (at least once; each is idempotent through the inbox).
+
+Each handler gets the message and a :class:`HandlerContext` whose ``session`` is
+the handler's own transaction (the worker commits it together with the inbox row).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from webapp.adapters import queries
+from webapp.adapters.tables import event_stats
+from webapp.domain.messages import (
+    RegistrationCancelled,
+    RegistrationCreated,
+    RegistrationPromoted,
+    WaitlistPositionChanged,
+)
+from webapp.services.messagebus import handles
+
+
+class Mailer(Protocol):
+    def send(self, to: str, template: str, context: dict[str, Any], message_key: str) -> None:
+        """Render ``mail/<template>.txt|.html`` and send it; ``message_key`` makes the
+        Message-ID deterministic, so a redelivered mail can be recognised."""
+
+
+class HandlerContext(Protocol):
+    session: Session
+    mailer: Mailer
+    #: id of the outbox message being handled
+    message_id: str
+
+    def status_url(self, registration_id: str) -> str: ...
+
+    def first_time(self, key: str) -> bool:
+        """Record ``key`` in the inbox (in ``session``); False if it was already there."""
+
+
+@handles(RegistrationCreated, asynchronous=True)
+def send_confirmation_mail(message: RegistrationCreated, ctx: HandlerContext) -> None:
+    """Confirmation mail: the seat, or the waitlist position, and the status link."""
+    view = queries.registration_status(ctx.session, message.registration_id)
+    if view is None:
+        return
+    ctx.mailer.send(
+        view["email"],
+        "confirmation",
+        {"r": view, "status_url": ctx.status_url(message.registration_id)},
+        message_key=f"{ctx.message_id}/confirmation",
+    )
+
+
+@handles(RegistrationPromoted, asynchronous=True)
+def send_promotion_mail(message: RegistrationPromoted, ctx: HandlerContext) -> None:
+    """Good news: a seat freed up and the attendee now has it."""
+    view = queries.registration_status(ctx.session, message.registration_id)
+    if view is None:
+        return
+    ctx.mailer.send(
+        view["email"],
+        "promotion",
+        {"r": view, "status_url": ctx.status_url(message.registration_id)},
+        message_key=f"{ctx.message_id}/promotion",
+    )
+
+
+@handles(WaitlistPositionChanged, asynchronous=True)
+def notify_waitlist_positions(message: WaitlistPositionChanged, ctx: HandlerContext) -> None:
+    """Fan-out of one queue change to everyone who moved up (done here, not in the
+    request). Each recipient is recorded in the inbox so a retry mails nobody twice."""
+    for row in queries.waitlist_behind(ctx.session, message.event_id, message.after_queue_key):
+        if not ctx.first_time(f"waitlist-notice/{row['registration_id']}"):
+            continue
+        ctx.mailer.send(
+            row["email"],
+            "waitlist_position",
+            {"r": row, "status_url": ctx.status_url(str(row["registration_id"]))},
+            message_key=f"{ctx.message_id}/waitlist/{row['registration_id']}",
+        )
+
+
+@handles(RegistrationCreated, RegistrationCancelled, RegistrationPromoted, asynchronous=True)
+def count_popularity(message: Any, ctx: HandlerContext) -> None:
+    """Business counters per event (registrations, waitlisted, cancellations, promotions)."""
+    column = {
+        "RegistrationCreated": "Registrations",
+        "RegistrationCancelled": "Cancellations",
+        "RegistrationPromoted": "Promotions",
+    }[message.type_name]
+    increments = {column: 1}
+    if isinstance(message, RegistrationCreated) and message.status == "Waitlisted":
+        increments["Waitlisted"] = 1
+    _increment_stats(ctx.session, message.event_id, increments)
+
+
+def _increment_stats(session: Session, event_id: int, increments: dict[str, int]) -> None:
+    from webapp.services.unit_of_work import utcnow
+
+    now = utcnow()
+    dialect = session.get_bind().dialect.name
+    values = {"EventId": event_id, "UpdatedAt": now, **increments}
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(event_stats).values(values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["EventId"],
+        set_={
+            "UpdatedAt": now,
+            **{k: getattr(event_stats.c, k) + v for k, v in increments.items()},
+        },
+    )
+    session.execute(stmt)
+
+
+def event_popularity(session: Session, limit: int = 10) -> list[dict[str, Any]]:
+    """The most registered-for events, for the dashboard and business metrics."""
+    rows = session.execute(
+        select(event_stats).order_by(event_stats.c.Registrations.desc()).limit(limit)
+    )
+    return [dict(r._mapping) for r in rows]

@@ -1,0 +1,34 @@
+"""Critical handlers: run synchronously in the business transaction."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from webapp.domain.messages import CapacityIncreased, RegistrationCancelled
+from webapp.domain.model import RegistrationStatus
+from webapp.services.messagebus import handles
+
+if TYPE_CHECKING:
+    from webapp.services.unit_of_work import UnitOfWork
+
+
+def _fill_free_seats(event_id: int, uow: UnitOfWork) -> None:
+    uow.flush()
+    event = uow.events.get(event_id, for_update=True)
+    if event is None or event.seats_left == 0 or event.waitlist_count == 0:
+        return
+    head = uow.registrations.waitlist_head(event.id, min(event.seats_left, event.waitlist_count))
+    event.promote(head, uow.now)
+
+
+@handles(RegistrationCancelled)
+def promote_after_cancellation(message: RegistrationCancelled, uow: UnitOfWork) -> None:
+    """A freed seat goes to the head of the waitlist, in the same transaction."""
+    if message.previous_status == RegistrationStatus.CONFIRMED.value:
+        _fill_free_seats(message.event_id, uow)
+
+
+@handles(CapacityIncreased)
+def promote_after_capacity_increase(message: CapacityIncreased, uow: UnitOfWork) -> None:
+    """New seats are filled from the waitlist, in queue order, in the same transaction."""
+    _fill_free_seats(message.event_id, uow)

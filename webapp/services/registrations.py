@@ -1,0 +1,106 @@
+"""Attendee use cases: register, cancel."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from webapp.adapters.tables import registrations as registrations_table
+from webapp.domain import errors
+from webapp.domain.model import Attendee, Registration, RegistrationStatus
+from webapp.services.retry import with_retries
+from webapp.services.unit_of_work import UnitOfWork, utcnow
+
+UowFactory = Callable[[], UnitOfWork]
+
+
+@dataclass(frozen=True)
+class RegistrationOutcome:
+    registration_id: uuid.UUID
+    event_id: int
+    status: str
+    #: True when this call found the registration a previous submit created
+    repeated: bool = False
+
+
+def _outcome(registration: Registration, repeated: bool = False) -> RegistrationOutcome:
+    return RegistrationOutcome(
+        registration.id, registration.event_id, registration.status.value, repeated
+    )
+
+
+def register(
+    uow_factory: UowFactory,
+    event_id: int,
+    name: str,
+    email: str,
+    idempotency_key: str | None = None,
+) -> RegistrationOutcome:
+    """Register ``email`` for an event: a confirmed seat while seats remain,
+    otherwise a place on the waitlist.
+
+    The event row is locked for the decision, so concurrent registrations are
+    serialized per event and never overbook. Resubmitting the same form
+    (``idempotency_key``) returns the registration it created.
+    Raises AlreadyRegistered when the email already holds an active registration.
+    """
+    candidate = Attendee(name, email, now=utcnow())  # validates before any I/O
+
+    def attempt() -> RegistrationOutcome:
+        with uow_factory() as uow:
+            if idempotency_key:
+                earlier = uow.registrations.by_idempotency_key(idempotency_key)
+                if earlier is not None:
+                    return _outcome(earlier, repeated=True)
+            event = uow.events.get(event_id, for_update=True)
+            if event is None:
+                raise errors.EventNotFound("This event does not exist.")
+            if idempotency_key:  # a concurrent double submit may have committed meanwhile
+                earlier = uow.registrations.by_idempotency_key(idempotency_key)
+                if earlier is not None:
+                    return _outcome(earlier, repeated=True)
+            attendee = uow.attendees.get_by_email(candidate.email)
+            if attendee is None:
+                attendee = Attendee(candidate.name, candidate.email, now=uow.now)
+                uow.attendees.add(attendee)
+            else:
+                active = uow.registrations.active_for(event.id, attendee.id)
+                if active is not None:
+                    raise errors.AlreadyRegistered(active.id)
+            registration = event.register(attendee, uow.now, idempotency_key)
+            uow.registrations.add(registration)
+            uow.commit()
+            return _outcome(registration)
+
+    return with_retries(attempt)
+
+
+def cancel(uow_factory: UowFactory, registration_id: uuid.UUID) -> RegistrationOutcome:
+    """Cancel a registration. A freed seat promotes the head of the waitlist in the
+    same transaction (see ``handlers.promote_after_cancellation``)."""
+
+    def attempt() -> RegistrationOutcome:
+        with uow_factory() as uow:
+            event_id = uow.session.scalar(
+                select(registrations_table.c.EventId).where(
+                    registrations_table.c.Id == registration_id
+                )
+            )
+            if event_id is None:
+                raise errors.RegistrationNotFound("This registration does not exist.")
+            event = uow.events.get(event_id, for_update=True)
+            assert event is not None  # the foreign key guarantees it
+            registration = uow.registrations.get(registration_id)
+            assert registration is not None
+            uow.session.refresh(registration)  # state as of after the lock
+            event.cancel(registration, uow.now)
+            uow.commit()
+            return _outcome(registration)
+
+    return with_retries(attempt)
+
+
+__all__ = ["RegistrationOutcome", "RegistrationStatus", "cancel", "register"]

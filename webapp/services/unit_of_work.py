@@ -1,0 +1,124 @@
+"""The unit of work: one transaction per use case.
+
+``commit()`` publishes the messages the aggregates recorded: synchronous handlers
+run first (they may record more messages), then every message with asynchronous
+handlers is written to ``OutboxMessages`` — all before the single commit. Side
+effects outside the database (cache invalidation, waking the relay) run only
+after the commit succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from webapp.adapters.outbox import write_outbox
+from webapp.adapters.repository import (
+    AttendeeRepository,
+    EventRepository,
+    RegistrationRepository,
+)
+from webapp.domain.messages import Message
+from webapp.services import messagebus
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class CommitResult:
+    """What a committed unit of work changed, for after-commit hooks."""
+
+    messages: list[Message] = field(default_factory=list)
+    event_ids: set[int] = field(default_factory=set)
+    outbox_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+AfterCommitHook = Callable[[CommitResult], None]
+
+
+class UnitOfWork:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        after_commit: list[AfterCommitHook] | None = None,
+        trace_context: Callable[[], str | None] | None = None,
+        max_retries: int = 3,
+    ) -> None:
+        self.session_factory = session_factory
+        self.after_commit_hooks = after_commit or []
+        self.trace_context = trace_context or (lambda: None)
+        self.max_retries = max_retries
+        self.now = utcnow()
+
+    def __enter__(self) -> UnitOfWork:
+        self.now = utcnow()
+        self.session = self.session_factory()
+        self.events = EventRepository(self.session)
+        self.registrations = RegistrationRepository(self.session)
+        self.attendees = AttendeeRepository(self.session)
+        self._committed = False
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._committed:
+            self.session.rollback()
+        self.session.close()
+
+    def flush(self) -> None:
+        self.session.flush()
+
+    def commit(self) -> CommitResult:
+        result = self._publish()
+        self.session.commit()
+        self._committed = True
+        for hook in self.after_commit_hooks:
+            try:
+                hook(result)
+            except Exception:  # a side effect must never undo a committed use case
+                log.exception("after-commit hook %r failed", hook)
+        return result
+
+    def rollback(self) -> None:
+        self.session.rollback()
+
+    def _collect(self) -> list[Message]:
+        collected: list[Message] = []
+        for event in self.events.seen:
+            collected.extend(event.messages)
+            event.messages.clear()
+        return collected
+
+    def _publish(self) -> CommitResult:
+        result = CommitResult()
+        to_outbox: list[Message] = []
+        queue = deque(self._collect())
+        while queue:
+            message = queue.popleft()
+            result.messages.append(message)
+            for handler in messagebus.sync_handlers(type(message)):
+                handler(message, self)
+            if messagebus.goes_to_outbox(message):
+                to_outbox.append(message)
+            queue.extend(self._collect())
+        self.session.flush()
+        result.event_ids = {e.id for e in self.events.seen if e.id is not None}
+        result.outbox_rows = write_outbox(
+            self.session, to_outbox, self.now, self.trace_context(), self.max_retries
+        )
+        return result
