@@ -48,6 +48,7 @@ _SETTINGS: list[tuple[str, Any, type]] = [
     ("RATELIMIT_LOGIN", "10 per minute", str),
     ("RATELIMIT_ENABLED", True, bool),
     ("STATUS_TOKEN_MAX_AGE_DAYS", 365, int),
+    ("STATUS_POLL_SECONDS", 5.0, float),  # htmx refresh of the attendee status page
     ("RECENT_LOGIN_MINUTES", 15, int),
     ("METRICS_TOKEN", "", str),
     # mail
