@@ -257,3 +257,30 @@ audit_log = Table(
     Column("Reason", Text, nullable=True),
     Index("IX_AuditLog_At", "At"),
 )
+
+# -- operator dashboard indexes (migration dash01) -----------------------------------------
+#: the live dead letters; the dashboard's queries repeat this predicate
+_LIVE_DEAD_LETTERS = text('"DeadLetteredAt" IS NOT NULL AND "ArchivedAt" IS NULL')
+for _name, _columns in (
+    ("IX_OutboxMessages_DeadByType", ("Type", "DeadLetteredAt")),
+    ("IX_OutboxMessages_DeadByErrorType", ("ErrorType", "DeadLetteredAt")),
+    ("IX_OutboxMessages_DeadByFingerprint", ("Fingerprint", "DeadLetteredAt")),
+    ("IX_OutboxMessages_DeadByEvent", ("EventId", "DeadLetteredAt")),
+):
+    Index(
+        _name,
+        *(outbox_messages.c[c] for c in _columns),
+        postgresql_where=_LIVE_DEAD_LETTERS,
+        sqlite_where=_LIVE_DEAD_LETTERS,
+    )
+for _name, _column in (
+    ("IX_OutboxMessages_DeadErrorTrgm", "Error"),
+    ("IX_OutboxMessages_DeadDataTrgm", "Data"),
+):
+    Index(
+        _name,
+        outbox_messages.c[_column],
+        postgresql_using="gin",
+        postgresql_ops={_column: "gin_trgm_ops"},
+        postgresql_where=_LIVE_DEAD_LETTERS,
+    ).ddl_if(dialect="postgresql")
