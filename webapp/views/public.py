@@ -213,6 +213,10 @@ def register(event_id: int) -> ResponseLike:
         REGISTRATIONS.labels(outcome="duplicate").inc()
     else:
         REGISTRATIONS.labels(outcome=outcome.status.lower()).inc()
+    if outcome.status == "Confirmed":
+        flash("You are registered: your seat is confirmed.", "success")
+    else:
+        flash("The event is full, so you are on the waitlist.", "info")
     token = _status_token(outcome.registration_id)
     return redirect(url_for("public.registration_status", token=token), code=303)
 
