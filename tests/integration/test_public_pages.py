@@ -343,6 +343,7 @@ def test_double_submit_of_the_same_form_gives_one_row_and_the_same_page(
     assert first.status_code == second.status_code == 303
     assert first.headers["Location"] == second.headers["Location"]
     assert row_counts(app)["EventRegistrations"] == 1
+    assert "We already had this form" in page_text(client.get(second.headers["Location"]))
 
 
 def test_replayed_form_token_with_another_email_does_not_reveal_the_status_link(

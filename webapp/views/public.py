@@ -213,7 +213,9 @@ def register(event_id: int) -> ResponseLike:
         REGISTRATIONS.labels(outcome="duplicate").inc()
     else:
         REGISTRATIONS.labels(outcome=outcome.status.lower()).inc()
-    if outcome.status == "Confirmed":
+    if outcome.repeated:
+        flash("We already had this form: here is the registration it created.", "info")
+    elif outcome.status == "Confirmed":
         flash("You are registered: your seat is confirmed.", "success")
     else:
         flash("The event is full, so you are on the waitlist.", "info")
