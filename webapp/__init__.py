@@ -43,6 +43,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["RATELIMIT_ENABLED"] = settings["RATELIMIT_ENABLED"]
 
     init_db(app)
+    from webapp import observability
+
+    observability.init_app(app)  # logs, traces (engine included), metrics
     csrf.init_app(app)
     login_manager.init_app(app)
     limiter.init_app(app)

@@ -1,7 +1,8 @@
 """Custom Prometheus metrics, with bounded label sets.
 
 Defined once here and imported where they are observed. Under gunicorn these
-live in multiprocess mode (PROMETHEUS_MULTIPROC_DIR); gauges say how to combine.
+live in multiprocess mode (PROMETHEUS_MULTIPROC_DIR); gauges say how to combine
+(``live*`` modes forget the workers gunicorn marked dead).
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ CACHE_REQUESTS = Counter(
 
 # -- outbox, relay, workers ---------------------------------------------------------------
 OUTBOX_MESSAGES = Gauge(
-    "les_outbox_messages", "Outbox messages by state", ["state"], multiprocess_mode="mostrecent"
+    "les_outbox_messages", "Outbox messages by state", ["state"], multiprocess_mode="livemostrecent"
 )  # state: pending / retrying / dead
 OUTBOX_OLDEST_PENDING_SECONDS = Gauge(
     "les_outbox_oldest_pending_age_seconds",
     "Age of the oldest pending outbox message",
-    multiprocess_mode="mostrecent",
+    multiprocess_mode="livemostrecent",
 )
 RELAY_DISPATCH_SECONDS = Histogram(
     "les_relay_dispatch_latency_seconds",
@@ -77,11 +78,11 @@ WAITLIST_LENGTH = Gauge(
     "les_waitlist_length",
     "Waitlist length of the top events",
     ["event"],  # bounded: the top N events only
-    multiprocess_mode="mostrecent",
+    multiprocess_mode="livemostrecent",
 )
 EVENT_POPULARITY = Gauge(
     "les_event_registrations",
     "Registrations counted per event, top events only",
     ["event"],
-    multiprocess_mode="mostrecent",
+    multiprocess_mode="livemostrecent",
 )

@@ -1,10 +1,35 @@
-"""Trace context helpers: carry the W3C context through the outbox into workers."""
+"""OpenTelemetry tracing: providers per process, instrumentation, and the trace
+context carried through the outbox into the relay and the workers.
+
+Exporters follow the standard variables: ``OTEL_TRACES_EXPORTER`` (``otlp``,
+``console``, ``none``; default ``otlp`` in production, ``none`` elsewhere),
+``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``,
+``OTEL_SERVICE_NAME``, ``OTEL_TRACES_SAMPLER``, ``OTEL_SDK_DISABLED``. Without an
+exporter spans are still created, so log lines carry a trace id.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
 
-from opentelemetry import propagate
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+)
+
+log = logging.getLogger(__name__)
+
+_state: dict[str, Any] = {"deferred": False, "instrumented": False, "pid": None}
 
 
 def current_trace_context() -> str | None:
@@ -12,3 +37,124 @@ def current_trace_context() -> str | None:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return json.dumps(carrier, separators=(",", ":")) if carrier else None
+
+
+def extract_trace_context(trace_context: str | dict[str, str] | None) -> otel_context.Context:
+    """The context stored by :func:`current_trace_context` (empty context if none)."""
+    if not trace_context:
+        return otel_context.Context()
+    try:
+        carrier = json.loads(trace_context) if isinstance(trace_context, str) else trace_context
+    except ValueError:
+        log.warning("ignoring a malformed trace context")
+        return otel_context.Context()
+    return propagate.extract(carrier if isinstance(carrier, dict) else {})
+
+
+@contextlib.contextmanager
+def continue_trace(
+    name: str,
+    trace_context: str | dict[str, str] | None,
+    kind: trace.SpanKind = trace.SpanKind.CONSUMER,
+    attributes: dict[str, Any] | None = None,
+) -> Iterator[trace.Span]:
+    """A span whose parent is the stored ``trace_context`` (from the outbox row or the
+    job), made current for the block: the relay's ``outbox.dispatch`` and the worker's
+    ``outbox.handle <Type>`` join the trace of the request that wrote the message."""
+    tracer = trace.get_tracer("les.outbox")
+    parent = extract_trace_context(trace_context)
+    with tracer.start_as_current_span(
+        name, context=parent, kind=kind, attributes=attributes or {}
+    ) as span:
+        yield span
+
+
+def defer_provider() -> None:
+    """Called by the gunicorn config in the master: providers are built after fork."""
+    _state["deferred"] = True
+
+
+def tracing_enabled() -> bool:
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() != "true"
+
+
+def _exporter_names(environment: str) -> list[str]:
+    default = "otlp" if environment == "production" else "none"
+    value = os.environ.get("OTEL_TRACES_EXPORTER", default)
+    return [n.strip().lower() for n in value.split(",") if n.strip()]
+
+
+def build_exporters(environment: str) -> list[SpanExporter]:
+    exporters: list[SpanExporter] = []
+    for name in _exporter_names(environment):
+        if name == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporters.append(OTLPSpanExporter())
+        elif name == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif name != "none":
+            log.warning("unknown OTEL_TRACES_EXPORTER %r ignored", name)
+    return exporters
+
+
+def configure_tracing(
+    service_name: str,
+    environment: str = "development",
+    exporters: list[SpanExporter] | None = None,
+    force: bool = False,
+) -> TracerProvider | None:
+    """Build this process's tracer provider (once; again after a fork).
+
+    Returns the provider, or None when the SDK is disabled or the provider is
+    deferred to after the fork (gunicorn master with ``preload_app``).
+    """
+    deferred = _state["deferred"] or os.environ.get("LES_DEFER_TRACER_PROVIDER") == "1"
+    if not tracing_enabled() or (deferred and not force):
+        return None
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        return current  # this process has one (tests install their own)
+    attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
+    provider = TracerProvider(resource=Resource.create(attributes))
+    for exporter in build_exporters(environment) if exporters is None else exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    _state["pid"] = os.getpid()
+    return provider
+
+
+def instrument_libraries() -> None:
+    """Patch SQLAlchemy's ``create_engine`` and redis-py, once per process. The tracers
+    are proxies until a provider exists, so this may run in a gunicorn master."""
+    if _state["instrumented"] or not tracing_enabled():
+        return
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    SQLAlchemyInstrumentor().instrument(enable_commenter=False)
+    RedisInstrumentor().instrument()
+    _state["instrumented"] = True
+
+
+def instrument_engine(engine: Any) -> None:
+    """Trace an engine created before :func:`instrument_libraries` patched
+    ``create_engine`` (an engine is instrumented at most once)."""
+    if not tracing_enabled() or getattr(engine, "_les_traced", False):
+        return
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+    from opentelemetry.metrics import get_meter
+
+    usage = get_meter("les.sqlalchemy").create_up_down_counter(
+        "db.client.connections.usage", unit="connections"
+    )
+    EngineTracer(trace.get_tracer("opentelemetry.instrumentation.sqlalchemy"), engine, usage)
+    engine._les_traced = True
+
+
+def instrument_flask(app: Any) -> None:
+    if not tracing_enabled():
+        return
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+    FlaskInstrumentor().instrument_app(app, excluded_urls="healthz,readyz,metrics,static")

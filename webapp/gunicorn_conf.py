@@ -1,0 +1,99 @@
+"""Gunicorn settings of the web process.
+
+    gunicorn -c webapp/gunicorn_conf.py "webapp:create_app()"
+
+Environment: ``BIND`` (default 127.0.0.1:8000), ``WEB_CONCURRENCY`` (workers),
+``GUNICORN_THREADS``, ``GUNICORN_PRELOAD`` (default on), ``GUNICORN_TIMEOUT``,
+``PROMETHEUS_MULTIPROC_DIR`` (default: a private temp dir), plus the app's settings.
+
+Prometheus multiprocess mode: the metrics directory is set before
+``prometheus_client`` is imported and emptied at start; every worker writes its own
+files, ``/metrics`` adds them up, and ``child_exit`` marks a dead worker so its
+``live*`` gauges disappear. Each worker builds its own tracer provider and drops
+the database connections it inherited from the master (``post_fork``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# -- Prometheus multiprocess directory: before anything imports prometheus_client ----------
+_metrics_dir = Path(
+    os.environ.setdefault(
+        "PROMETHEUS_MULTIPROC_DIR",
+        str(Path(tempfile.gettempdir()) / f"les-prometheus-{os.getpid()}"),
+    )
+)
+_metrics_dir.mkdir(parents=True, exist_ok=True)
+for _stale in _metrics_dir.glob("*.db"):  # values of a previous run would be added up
+    _stale.unlink()
+
+# tracer providers are built per worker, after the fork (see post_fork)
+os.environ["LES_DEFER_TRACER_PROVIDER"] = "1"
+
+# -- server ---------------------------------------------------------------------------------
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", str(min(2 * (os.cpu_count() or 1) + 1, 8))))
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+worker_class = "gthread" if threads > 1 else "sync"
+preload_app = os.environ.get("GUNICORN_PRELOAD", "true").lower() in {"1", "true", "yes", "on"}
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+graceful_timeout = 30
+keepalive = 5
+# recycle workers now and then (bounded memory; their live gauges go with them)
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "5000"))
+max_requests_jitter = max_requests // 10
+accesslog = None  # the app logs one JSON line per request (with its request id)
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+proc_name = "les-web"
+control_socket_disable = True  # one shared default path would clash between instances
+
+
+def _json_logger_class() -> type:
+    from gunicorn.glogging import Logger
+
+    class JsonLogger(Logger):
+        """Gunicorn's own lines (boot, worker exits) in the app's JSON format."""
+
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            from webapp.observability.logs import build_handler
+
+            handler = build_handler(1.0)
+            self.error_log.handlers = [handler]
+
+    return JsonLogger
+
+
+logger_class = _json_logger_class()
+
+
+# -- hooks -------------------------------------------------------------------------------------
+def post_fork(server: Any, worker: Any) -> None:
+    """In the new worker: its own tracer provider, and no inherited DB connections."""
+    from webapp.observability import tracing
+
+    service = os.environ.get("OTEL_SERVICE_NAME", "les-web")
+    tracing.configure_tracing(service, os.environ.get("ENV", "development"), force=True)
+    app = getattr(server.app, "callable", None)  # set when the app was preloaded
+    db = getattr(app, "extensions", {}).get("les.db") if app is not None else None
+    if db is not None:
+        # the master's pooled connections must not be shared: forget, don't close them
+        db.engine.dispose(close=False)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker died: drop its live gauges from the multiprocess files."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def worker_abort(worker: Any) -> None:
+    logging.getLogger("gunicorn.error").warning("worker %s aborted (timeout)", worker.pid)

@@ -1,0 +1,233 @@
+"""Observers that feed the custom metrics: SQL statements and the connection pool
+(SQLAlchemy events), promotions (after commit), and the gauges read from the
+database on scrape (outbox backlog, top waitlists, popular events)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, case, event, func, select
+from sqlalchemy.pool import Pool
+
+from webapp.adapters.tables import events, metadata, outbox_messages
+from webapp.domain.messages import RegistrationPromoted
+from webapp.observability.metrics import (
+    DB_POOL_IN_USE,
+    DB_POOL_OVERFLOW,
+    DB_POOL_WAIT_SECONDS,
+    DB_STATEMENT_SECONDS,
+    EVENT_POPULARITY,
+    OUTBOX_MESSAGES,
+    OUTBOX_OLDEST_PENDING_SECONDS,
+    PROMOTIONS,
+    WAITLIST_LENGTH,
+)
+
+log = logging.getLogger("les.db")
+
+#: statement kinds and tables are bounded: anything else is "other"
+KINDS = ("select", "insert", "update", "delete")
+_TABLES = {name.lower(): name for name in metadata.tables}
+_FIRST_TABLE = re.compile(
+    r"\b(?:from|into|update|join)\s+(?:\w+\.)?\"?([A-Za-z_][A-Za-z0-9_]*)\"?", re.IGNORECASE
+)
+_START_KEY = "les_statement_started"
+
+settings: dict[str, float | bool] = {"slow_query_ms": 100.0, "query_logging": False}
+_installed = {"db": False}
+
+
+def statement_labels(statement: str) -> tuple[str, str]:
+    """(kind, table) of a SQL statement; both from a fixed set."""
+    text = statement.lstrip(" (\n\t").lower()
+    first = text.split(None, 1)[0] if text else ""
+    if first == "with":  # a CTE: the verb is the first write verb, else select
+        first = next((k for k in ("insert", "update", "delete") if f" {k} " in text), "select")
+    kind = first if first in KINDS else "other"
+    match = _FIRST_TABLE.search(statement)
+    table = _TABLES.get(match.group(1).lower(), "other") if match else "none"
+    return kind, table
+
+
+def _before_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    conn.info.setdefault(_START_KEY, []).append(time.perf_counter())
+
+
+def _after_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    started = conn.info.get(_START_KEY)
+    if not started:
+        return
+    elapsed = time.perf_counter() - started.pop()
+    kind, table = statement_labels(statement)
+    DB_STATEMENT_SECONDS.labels(kind=kind, table=table).observe(elapsed)
+    elapsed_ms = elapsed * 1000
+    if elapsed_ms >= float(settings["slow_query_ms"]):
+        log.warning(
+            "slow query",
+            extra={
+                "duration_ms": round(elapsed_ms, 2),
+                "kind": kind,
+                "table": table,
+                "statement": statement[:500],
+            },
+        )
+    elif settings["query_logging"]:
+        log.debug(
+            "query",
+            extra={
+                "duration_ms": round(elapsed_ms, 2),
+                "kind": kind,
+                "table": table,
+                "statement": statement[:500],
+                "sample": True,
+            },
+        )
+
+
+def _on_error(context: Any) -> None:
+    conn = context.connection
+    if conn is not None and conn.info.get(_START_KEY):
+        conn.info[_START_KEY].pop()
+
+
+def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    DB_POOL_IN_USE.inc()
+    _record_overflow(record)
+
+
+def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+    DB_POOL_IN_USE.dec()
+    _record_overflow(record)
+
+
+def _record_overflow(record: Any) -> None:
+    pool = getattr(record, "_pool", None)
+    overflow = getattr(pool, "overflow", None)
+    if callable(overflow):
+        DB_POOL_OVERFLOW.set(max(0, overflow()))
+
+
+def _timed_connect(original: Any) -> Any:
+    def connect(self: Pool) -> Any:
+        started = time.perf_counter()
+        try:
+            return original(self)
+        finally:
+            DB_POOL_WAIT_SECONDS.observe(time.perf_counter() - started)
+
+    connect._les_timed = True  # type: ignore[attr-defined]
+    return connect
+
+
+def install_db_observers(slow_query_ms: float = 100.0, query_logging: bool = False) -> None:
+    """Listen on every engine and pool of the process (class-level events), once."""
+    settings["slow_query_ms"] = slow_query_ms
+    settings["query_logging"] = query_logging
+    if _installed["db"]:
+        return
+    event.listen(Engine, "before_cursor_execute", _before_execute)
+    event.listen(Engine, "after_cursor_execute", _after_execute)
+    event.listen(Engine, "handle_error", _on_error)
+    event.listen(Pool, "checkout", _on_checkout)
+    event.listen(Pool, "checkin", _on_checkin)
+    if not getattr(Pool.connect, "_les_timed", False):
+        # the wait for a pooled (or new) connection: no pool event fires before it
+        Pool.connect = _timed_connect(Pool.connect)  # type: ignore[method-assign]
+    _installed["db"] = True
+
+
+def count_promotions(result: Any) -> None:
+    """After-commit hook: one promotion per committed ``RegistrationPromoted``."""
+    promoted = sum(isinstance(m, RegistrationPromoted) for m in result.messages)
+    if promoted:
+        PROMOTIONS.inc(promoted)
+
+
+class BusinessGauges:
+    """Outbox backlog and top-N event gauges, read with a few cheap queries when
+    ``/metrics`` is scraped (at most every ``min_interval`` seconds per process)."""
+
+    def __init__(self, engine: Engine, top_n: int = 10, min_interval: float = 5.0) -> None:
+        self.engine = engine
+        self.top_n = top_n
+        self.min_interval = min_interval
+        self._last = 0.0
+        self._lock = threading.Lock()
+        self._labels: dict[str, set[str]] = {"waitlist": set(), "popularity": set()}
+
+    def refresh(self, force: bool = False) -> bool:
+        """Update the gauges; False when skipped (too soon) or the database failed."""
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._last < self.min_interval:
+                return False
+            self._last = now
+        try:
+            self._refresh()
+        except Exception:
+            log.warning("could not refresh the business gauges", exc_info=True)
+            return False
+        return True
+
+    def _refresh(self) -> None:
+        o = outbox_messages.c
+        live = and_(o.ProcessedAt.is_(None), o.DeadLetteredAt.is_(None), o.ArchivedAt.is_(None))
+        dead = and_(o.DeadLetteredAt.is_not(None), o.ArchivedAt.is_(None), o.ProcessedAt.is_(None))
+        outbox_query = select(
+            func.coalesce(func.sum(case((and_(live, o.RetryCount == 0), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((and_(live, o.RetryCount > 0), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((dead, 1), else_=0)), 0),
+            func.min(case((live, o.CreatedAt), else_=None)),
+        ).where(o.ProcessedAt.is_(None))
+        e = events.c
+        waitlists = (
+            select(e.Id, e.WaitlistCount)
+            .where(e.WaitlistCount > 0)
+            .order_by(e.WaitlistCount.desc(), e.Id)
+            .limit(self.top_n)
+        )
+        registered = e.ConfirmedCount + e.WaitlistCount
+        popular = (
+            select(e.Id, registered)
+            .where(registered > 0)
+            .order_by(registered.desc(), e.Id)
+            .limit(self.top_n)
+        )
+        with self.engine.connect() as conn:
+            pending, retrying, dead_count, oldest = conn.execute(outbox_query).one()
+            waitlist_rows = conn.execute(waitlists).all()
+            popular_rows = conn.execute(popular).all()
+        OUTBOX_MESSAGES.labels(state="pending").set(pending)
+        OUTBOX_MESSAGES.labels(state="retrying").set(retrying)
+        OUTBOX_MESSAGES.labels(state="dead").set(dead_count)
+        age = 0.0
+        if oldest is not None:
+            if oldest.tzinfo is None:
+                oldest = oldest.replace(tzinfo=UTC)
+            age = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+        OUTBOX_OLDEST_PENDING_SECONDS.set(age)
+        self._set_top(WAITLIST_LENGTH, "waitlist", waitlist_rows)
+        self._set_top(EVENT_POPULARITY, "popularity", popular_rows)
+
+    def _set_top(self, gauge: Any, kind: str, rows: list[Any]) -> None:
+        values = {str(event_id): float(value) for event_id, value in rows}
+        for stale in self._labels[kind] - values.keys():
+            # multiprocess files cannot forget a label: zero it (topk ignores it)
+            if _multiprocess():
+                gauge.labels(event=stale).set(0)
+            else:
+                gauge.remove(stale)
+        for label, value in values.items():
+            gauge.labels(event=label).set(value)
+        self._labels[kind] = set(values) | (self._labels[kind] if _multiprocess() else set())
+
+
+def _multiprocess() -> bool:
+    import os
+
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
