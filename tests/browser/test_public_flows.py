@@ -170,6 +170,7 @@ def test_cancelling_promotes_the_next_person_whose_page_updates_itself(
         expect(page_a.locator("#registration-status-value")).to_have_text("Confirmed")
         page_a.get_by_role("link", name="Cancel my registration").click()
         expect(page_a.get_by_role("heading", name="Cancel your registration")).to_be_visible()
+        page_a.screenshot(path=f"{SCREENSHOT_DIR}/public_cancel_page.png", full_page=True)
         page_a.get_by_role("button", name="Yes, cancel my registration").click()
         expect(page_a.get_by_role("status").first).to_contain_text("Your registration is cancelled")
         expect(page_a.locator("#registration-status-value")).to_have_text("Cancelled")
@@ -180,6 +181,7 @@ def test_cancelling_promotes_the_next_person_whose_page_updates_itself(
         )
         expect(page_b.locator(".waitlist-position")).to_have_count(0)
         assert page_b.evaluate("window.__notReloaded") is True
+        page_b.screenshot(path=f"{SCREENSHOT_DIR}/public_promoted_page.png", full_page=True)
         console.assert_no_csp_errors()
     finally:
         context_a.close()
