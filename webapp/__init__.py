@@ -43,6 +43,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["RATELIMIT_ENABLED"] = settings["RATELIMIT_ENABLED"]
 
     init_db(app)
+    from webapp.services import read_model
+
+    read_model.init_app(app)  # the read cache, its invalidation and warming
+    from webapp.services import delivery
+
+    delivery.init_app(app)  # outbox after-commit hooks: wake the relay / inline handlers
+
     from webapp import observability
 
     observability.init_app(app)  # logs, traces (engine included), metrics

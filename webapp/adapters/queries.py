@@ -191,11 +191,67 @@ def _status_value(status: Any) -> str:
     return status.value if hasattr(status, "value") else str(status)
 
 
+# -- the cache's finer-grained projections (see webapp/services/read_model.py) -----------
+_count_columns = (
+    events.c.Id.label("id"),
+    events.c.Capacity.label("capacity"),
+    events.c.ConfirmedCount.label("confirmed_count"),
+    events.c.WaitlistCount.label("waitlist_count"),
+)
+
+
+def event_counts(db: Executor, event_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Capacity, confirmed and waitlist counts of several events, in one statement."""
+    if not event_ids:
+        return {}
+    stmt = select(*_count_columns).where(events.c.Id.in_(sorted(set(event_ids))))
+    return {row.id: dict(row._mapping) for row in db.execute(stmt)}
+
+
+def registration_record(db: Executor, registration_id: str | uuid.UUID) -> dict[str, Any] | None:
+    """A registration with its attendee (no event columns, no position)."""
+    r = registrations.c
+    stmt = (
+        select(
+            r.Id.label("registration_id"),
+            r.EventId.label("event_id"),
+            r.Status.label("status"),
+            r.PositionInQueue.label("queue_key"),
+            r.CreatedAt.label("created_at"),
+            r.CancelledAt.label("cancelled_at"),
+            users.c.Name.label("name"),
+            users.c.Email.label("email"),
+        )
+        .join(users, users.c.Id == r.UserId)
+        .where(r.Id == _as_uuid(registration_id))
+    )
+    row = db.execute(stmt).first()
+    if row is None:
+        return None
+    record = dict(row._mapping)
+    record["status"] = _status_value(record["status"])
+    return record
+
+
+def hottest_event_ids(db: Executor, now: datetime, limit: int = 10) -> list[int]:
+    """Upcoming events with the most registrations (confirmed + waiting) first."""
+    stmt = (
+        select(events.c.Id)
+        .where(events.c.StartDate > now)
+        .order_by((events.c.ConfirmedCount + events.c.WaitlistCount).desc(), events.c.Id)
+        .limit(limit)
+    )
+    return [int(row.Id) for row in db.execute(stmt)]
+
+
 __all__ = [
     "all_events",
     "and_",
     "event_attendees",
+    "event_counts",
     "event_detail",
+    "hottest_event_ids",
+    "registration_record",
     "registration_status",
     "upcoming_events",
     "waitlist_behind",

@@ -25,6 +25,7 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
+from webapp.adapters.cache_pages import cached_page
 from webapp.domain import errors
 from webapp.domain.model import normalize_email
 from webapp.extensions import limiter, uow
@@ -135,6 +136,7 @@ def _event_page(
 
 # -- pages ---------------------------------------------------------------------------------
 @bp.get("/")
+@cached_page  # same for every anonymous visitor; see webapp/adapters/cache_pages.py
 def event_list() -> str:
     events = read_model.upcoming_events()
     now = _now()

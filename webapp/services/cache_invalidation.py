@@ -1,0 +1,94 @@
+"""After-commit cache invalidation: derive from a committed unit of work exactly which
+cached keys changed, and drop them before the request answers.
+
+It runs in the writer's own request (an after-commit hook of the unit of work, not
+the outbox), so the attendee who registered or the organiser who changed the
+capacity reads the new state on the next page. Promotions made by the synchronous
+handlers are messages of the same commit, so they are covered too.
+
+=============================================  ==========================================
+change                                         keys dropped
+=============================================  ==========================================
+any change to an event                         ``counts:<id>``, the cached list pages
+registration created / cancelled / promoted    ``registration:<uuid>`` of that registration
+waitlist moved (cancel while waiting,          ``waitlist:<id>`` (all positions of the
+promotion)                                     event)
+event created or edited, capacity changed      ``event:<id>``, ``upcoming``
+=============================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from webapp.adapters.cache import CacheLayer
+from webapp.adapters.cache_pages import all_page_keys
+from webapp.domain.messages import (
+    Message,
+    RegistrationCancelled,
+    RegistrationCreated,
+    RegistrationPromoted,
+    WaitlistPositionChanged,
+)
+from webapp.services.read_model import (
+    UPCOMING_KEY,
+    counts_key,
+    event_key,
+    registration_key,
+    waitlist_key,
+)
+from webapp.services.unit_of_work import AfterCommitHook, CommitResult
+
+log = logging.getLogger(__name__)
+
+#: messages of the registration flow: they change counts, registrations and the
+#: waitlist, never an event's details
+_REGISTRATION_FLOW = (
+    RegistrationCreated,
+    RegistrationCancelled,
+    RegistrationPromoted,
+    WaitlistPositionChanged,
+)
+
+
+def keys_to_invalidate(result: CommitResult) -> set[str]:
+    """The cache keys a committed unit of work made stale."""
+    keys: set[str] = set()
+    by_event: dict[int, list[Message]] = {event_id: [] for event_id in result.event_ids}
+    for message in result.messages:
+        event_id = getattr(message, "event_id", None)
+        if event_id is None:
+            continue
+        by_event.setdefault(int(event_id), []).append(message)
+        registration_id = getattr(message, "registration_id", None)
+        if registration_id:
+            keys.add(registration_key(registration_id))
+        if isinstance(message, WaitlistPositionChanged | RegistrationPromoted) or (
+            isinstance(message, RegistrationCancelled) and message.previous_status == "Waitlisted"
+        ):
+            keys.add(waitlist_key(int(event_id)))
+    for event_id, messages in by_event.items():
+        keys.add(counts_key(event_id))
+        # no message (created, details edited) or a non-registration one (capacity):
+        # the details and the list of upcoming events may have changed
+        if not messages or not all(isinstance(m, _REGISTRATION_FLOW) for m in messages):
+            keys.add(event_key(event_id))
+            keys.add(UPCOMING_KEY)
+    if by_event:
+        keys |= all_page_keys()
+    return keys
+
+
+def make_hook(layer: CacheLayer, on_invalidated: Callable[[], None] | None) -> AfterCommitHook:
+    """The hook for ``Database.after_commit``; ``on_invalidated`` schedules warming."""
+
+    def invalidate_cache(result: CommitResult) -> None:
+        keys = keys_to_invalidate(result)
+        if not keys:
+            return
+        layer.invalidate(keys)
+        if on_invalidated is not None:
+            on_invalidated()
+
+    return invalidate_cache
