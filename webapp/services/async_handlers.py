@@ -2,7 +2,9 @@
 committed, from the outbox (at least once; each is idempotent through the inbox).
 
 Each handler gets the message and a :class:`HandlerContext` whose ``session`` is
-the handler's own transaction (the worker commits it together with the inbox row).
+the handler's own transaction (the worker commits it together with the inbox row,
+see ``webapp.services.delivery``). A handler that sends several mails records each
+recipient with ``first_time`` and commits after each send with ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class HandlerContext(Protocol):
 
     def first_time(self, key: str) -> bool:
         """Record ``key`` in the inbox (in ``session``); False if it was already there."""
+
+    def checkpoint(self) -> None:
+        """Commit ``session`` so far (e.g. the inbox keys of the mails already sent):
+        a later failure of the handler then keeps them, and the retry skips them."""
 
 
 @handles(RegistrationCreated, asynchronous=True)
@@ -83,6 +89,7 @@ def notify_waitlist_positions(message: WaitlistPositionChanged, ctx: HandlerCont
             {"r": row, "status_url": ctx.status_url(str(row["registration_id"]))},
             message_key=f"{ctx.message_id}/waitlist/{row['registration_id']}",
         )
+        ctx.checkpoint()
 
 
 @handles(RegistrationCreated, RegistrationCancelled, RegistrationPromoted, asynchronous=True)

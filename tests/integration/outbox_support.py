@@ -1,0 +1,180 @@
+"""Helpers of the outbox/relay/worker/fault tests: a real SMTP server on loopback
+(aiosmtpd), free ports, background processes started as subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import email.policy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class _SinkHandler:
+    def __init__(self, sink: SmtpSink) -> None:
+        self.sink = sink
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.sink.reject:
+            return "550 mailbox unavailable (test sink is rejecting)"
+        mail = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        with self.sink.lock:
+            self.sink.messages.append(mail)  # type: ignore[arg-type]
+        return "250 Message accepted for delivery"
+
+
+class SmtpSink:
+    """A real SMTP server on 127.0.0.1; ``messages`` are the mails it accepted."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.lock = threading.Lock()
+        self.reject = False
+        self.port = free_port()
+        self.controller = Controller(_SinkHandler(self), hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> SmtpSink:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def config(self) -> dict[str, Any]:
+        return {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": self.port, "SMTP_TIMEOUT": 5.0}
+
+    def to(self, address: str) -> list[EmailMessage]:
+        with self.lock:
+            return [m for m in self.messages if m["To"] == address]
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.messages)
+
+
+def body(mail: EmailMessage, subtype: str) -> str:
+    part = mail.get_body(preferencelist=(subtype,))
+    assert part is not None, f"no text/{subtype} part"
+    return str(part.get_content())
+
+
+class Background:
+    """A relay or worker pool as a real subprocess, logging to a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        full_env = {**os.environ, **env}
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: killed as a whole
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def descendants(self) -> list[int]:
+        found: list[int] = []
+        todo = [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    children = [int(c) for c in task.read_text().split()]
+                except OSError:
+                    continue
+                found.extend(children)
+                todo.extend(children)
+        return found
+
+    def kill(self) -> None:
+        """SIGKILL the process and everything it started (work horses included)."""
+        pids = [self.proc.pid, *self.descendants()]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return int(self.proc.returncode)
+
+    def stop(self) -> None:
+        leftovers = self.descendants()
+        self.terminate()
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def process_env(database_url: str, redis_url: str, **extra: Any) -> dict[str, str]:
+    env = {
+        "ENV": "testing",
+        "SECRET_KEY": "test-secret",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "PUBLIC_BASE_URL": "http://localhost",
+        "OTEL_SDK_DISABLED": "true",
+        "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def start_relay(
+    tmp_path: Path, env: dict[str, str], name: str = "relay-a", *args: str
+) -> Background:
+    return Background(["-m", "workers.relay", "--name", name, *args], env, tmp_path / f"{name}.log")
+
+
+def start_worker(
+    tmp_path: Path, env: dict[str, str], name: str = "worker", concurrency: int = 1
+) -> Background:
+    return Background(
+        ["-m", "workers", "--concurrency", str(concurrency)], env, tmp_path / f"{name}.log"
+    )

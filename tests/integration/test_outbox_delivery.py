@@ -1,0 +1,286 @@
+"""The async handlers run from the outbox (in-process Deliverer, both backends, a
+real SMTP server on loopback): mails, counters, idempotency, retries, dead letters."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select, update
+
+from tests.conftest import make_app
+from tests.integration.outbox_support import SmtpSink, body
+from webapp.adapters.mail import make_mailer, message_id_for
+from webapp.adapters.tables import event_stats, outbox_attempts, outbox_messages
+from webapp.extensions import get_db
+from webapp.services import events as event_service
+from webapp.services import registrations as registration_service
+from webapp.services.delivery import BACKOFF_JITTER, Deliverer
+from webapp.services.status_links import read_token
+
+o = outbox_messages.c
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def mail_app(db_url: str, redis_url: str, smtp: SmtpSink) -> Iterator[Flask]:
+    app = make_app(db_url, redis_url, OUTBOX_RETRY_DELAY_SECONDS=2.0, **smtp.config())
+    yield app
+    get_db(app).engine.dispose()
+
+
+def deliverer(app: Flask) -> Deliverer:
+    return Deliverer(get_db(app), make_mailer(app.config), app.config, "test-worker")
+
+
+def new_event(app: Flask, capacity: int, title: str = "Async Conf") -> int:
+    details = event_service.EventDetails(
+        title=title,
+        description="d",
+        venue="Hall 9",
+        start_date=datetime.now(UTC) + timedelta(days=3),
+    )
+    return event_service.create_event(get_db(app).unit_of_work, details, capacity)
+
+
+def register(app: Flask, event_id: int, who: str) -> registration_service.RegistrationOutcome:
+    return registration_service.register(
+        get_db(app).unit_of_work, event_id, who.title(), f"{who}@example.test"
+    )
+
+
+def outbox(app: Flask, type_name: str | None = None) -> list[dict[str, Any]]:
+    stmt = select(outbox_messages).order_by(o.CreatedAt)
+    if type_name:
+        stmt = stmt.where(o.Type == type_name)
+    with get_db(app).engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def attempts(app: Flask, message_id: uuid.UUID) -> list[dict[str, Any]]:
+    stmt = (
+        select(outbox_attempts)
+        .where(outbox_attempts.c.MessageId == message_id)
+        .order_by(outbox_attempts.c.Id)
+    )
+    with get_db(app).engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def stats(app: Flask, event_id: int) -> dict[str, Any] | None:
+    with get_db(app).engine.connect() as conn:
+        row = conn.execute(select(event_stats).where(event_stats.c.EventId == event_id)).first()
+    return dict(row._mapping) if row else None
+
+
+def test_confirmation_mail_with_status_link_and_counters(mail_app: Flask, smtp: SmtpSink) -> None:
+    event_id = new_event(mail_app, capacity=1)
+    seat = register(mail_app, event_id, "ada")
+    waiting = register(mail_app, event_id, "bob")
+    work = deliverer(mail_app)
+    outcomes = [work.process(row["Id"]).status for row in outbox(mail_app)]
+    assert outcomes == ["processed", "processed"]
+
+    [confirmed] = smtp.to("ada@example.test")
+    assert "You're registered: Async Conf" in confirmed["Subject"]
+    text = body(confirmed, "plain")
+    assert "is confirmed" in text and "Hall 9" in text
+    link = text.split("See or cancel your registration: ")[1].split()[0]
+    assert link.startswith("http://localhost/registrations/")
+    token = link.rsplit("/", 1)[1]
+    assert read_token("test-secret", token, 1) == seat.registration_id
+    assert f'href="{link}"' in body(confirmed, "html")
+
+    [waitlisted] = smtp.to("bob@example.test")
+    assert "waitlist" in waitlisted["Subject"]
+    assert "at position 1" in body(waitlisted, "plain")
+    assert waiting.status == "Waitlisted"
+
+    rows = outbox(mail_app)
+    assert all(r["ProcessedAt"] is not None and r["LockedUntil"] is None for r in rows)
+    assert confirmed["Message-ID"] == message_id_for(
+        f"{rows[0]['Id']}/confirmation", mail_app.config["MAIL_FROM"]
+    )
+    assert [a["Succeeded"] for a in attempts(mail_app, rows[0]["Id"])] == [True]
+    counters = stats(mail_app, event_id)
+    assert counters is not None
+    assert (counters["Registrations"], counters["Waitlisted"]) == (2, 1)
+
+
+def test_a_redelivered_message_sends_nothing_twice(mail_app: Flask, smtp: SmtpSink) -> None:
+    event_id = new_event(mail_app, capacity=5)
+    register(mail_app, event_id, "cleo")
+    [row] = outbox(mail_app)
+    work = deliverer(mail_app)
+    assert work.process(row["Id"]).status == "processed"
+    assert work.process(row["Id"]).status == "skipped"
+    # even if the row were made pending again, the inbox remembers each handler
+    with get_db(mail_app).engine.begin() as conn:
+        conn.execute(update(outbox_messages).values(ProcessedAt=None))
+    assert work.process(row["Id"]).status == "processed"
+    assert len(smtp.to("cleo@example.test")) == 1
+    counters = stats(mail_app, event_id)
+    assert counters is not None and counters["Registrations"] == 1
+
+
+def test_failing_mail_is_retried_with_backoff_then_dead_lettered(
+    mail_app: Flask, smtp: SmtpSink
+) -> None:
+    event_id = new_event(mail_app, capacity=5)
+    register(mail_app, event_id, "dan")
+    [row] = outbox(mail_app)
+    assert row["MaxRetryCount"] == 3
+    smtp.reject = True
+    work = deliverer(mail_app)
+    delays = []
+    for failures in (1, 2):
+        assert work.process(row["Id"]).status == "retry"
+        [current] = outbox(mail_app)
+        assert current["RetryCount"] == failures
+        assert current["ErrorType"] == "smtplib.SMTPDataError"
+        assert current["Error"].startswith("SMTPDataError: (550, ")
+        assert "mailbox unavailable" in current["Error"]
+        assert "Traceback" in current["Error"]
+        assert current["DeadLetteredAt"] is None
+        last = attempts(mail_app, row["Id"])[-1]
+        finished = last["AttemptedAt"] + timedelta(milliseconds=last["DurationMs"])
+        delays.append((current["NextRetryAt"] - finished).total_seconds())
+    # base 2 s, doubling, stretched by at most 25 %
+    for delay, expected in zip(delays, (2.0, 4.0), strict=True):
+        assert expected - 0.05 <= delay <= expected * (1 + BACKOFF_JITTER) + 0.05
+
+    assert work.process(row["Id"]).status == "dead"
+    [dead] = outbox(mail_app)
+    assert dead["RetryCount"] == 3 and dead["DeadLetteredAt"] is not None
+    assert dead["NextRetryAt"] is None and dead["ProcessedAt"] is None
+    assert dead["Fingerprint"] and len(dead["Fingerprint"]) == 32
+    history = attempts(mail_app, row["Id"])
+    assert [a["Succeeded"] for a in history] == [False, False, False]
+    assert {a["Worker"] for a in history} == {"test-worker"}
+    assert all("SMTPDataError" in a["Error"] for a in history)
+    # the counter handler succeeded on the first attempt and was never repeated
+    counters = stats(mail_app, event_id)
+    assert counters is not None and counters["Registrations"] == 1
+    assert smtp.count() == 0
+
+
+def test_replayed_dead_letter_is_processed_after_the_fix(mail_app: Flask, smtp: SmtpSink) -> None:
+    from webapp.services.replay import replay_messages
+
+    event_id = new_event(mail_app, capacity=5)
+    register(mail_app, event_id, "eve")
+    [row] = outbox(mail_app)
+    smtp.reject = True
+    work = deliverer(mail_app)
+    while work.process(row["Id"]).status != "dead":
+        pass
+    smtp.reject = False  # the fix
+    replay_messages(get_db(mail_app).unit_of_work, [row["Id"]], actor="ops@example.test")
+    assert work.process(row["Id"]).status == "processed"
+    [done] = outbox(mail_app)
+    assert done["ProcessedAt"] is not None and done["ReplayCount"] == 1
+    assert len(smtp.to("eve@example.test")) == 1
+    assert [a["Succeeded"] for a in attempts(mail_app, row["Id"])] == [False] * 3 + [True]
+
+
+def test_cancellation_promotes_and_notifies_the_waitlist_once(
+    mail_app: Flask, smtp: SmtpSink
+) -> None:
+    event_id = new_event(mail_app, capacity=1)
+    first = register(mail_app, event_id, "fay")
+    for who in ("gus", "hal", "ivy"):
+        register(mail_app, event_id, who)
+    work = deliverer(mail_app)
+    for row in outbox(mail_app):
+        work.process(row["Id"])
+    registration_service.cancel(get_db(mail_app).unit_of_work, first.registration_id)
+
+    [moved] = outbox(mail_app, "WaitlistPositionChanged")
+    smtp.reject = True  # the fan-out fails on its first recipient
+    assert work.process(moved["Id"]).status == "retry"
+    smtp.reject = False
+    for row in outbox(mail_app):
+        if row["ProcessedAt"] is None:
+            assert work.process(row["Id"]).status == "processed"
+
+    [promoted] = smtp.to("gus@example.test")[1:]
+    assert "A seat freed up for you" in promoted["Subject"]
+    notices = {
+        who: [m for m in smtp.to(f"{who}@example.test") if "moved up" in m["Subject"]]
+        for who in ("hal", "ivy")
+    }
+    assert [len(v) for v in notices.values()] == [1, 1]
+    assert "position 1" in body(notices["hal"][0], "plain")
+    assert "position 2" in body(notices["ivy"][0], "plain")
+
+
+def test_fan_out_retry_skips_the_recipients_already_mailed(mail_app: Flask, smtp: SmtpSink) -> None:
+    event_id = new_event(mail_app, capacity=1)
+    first = register(mail_app, event_id, "jan")
+    for who in ("kim", "lou", "max"):
+        register(mail_app, event_id, who)
+    work = deliverer(mail_app)
+    for row in outbox(mail_app):
+        work.process(row["Id"])
+    registration_service.cancel(get_db(mail_app).unit_of_work, first.registration_id)
+    [moved] = outbox(mail_app, "WaitlistPositionChanged")
+
+    sent_before = smtp.count()
+    original = work.mailer.send
+    calls = {"n": 0}
+
+    def flaky_send(to: str, *args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ConnectionError("SMTP connection reset")
+        original(to, *args, **kwargs)
+
+    work.mailer.send = flaky_send  # type: ignore[method-assign]
+    assert work.process(moved["Id"]).status == "retry"
+    assert smtp.count() == sent_before + 1  # lou got hers, max's failed
+    assert work.process(moved["Id"]).status == "processed"
+    assert len([m for m in smtp.to("lou@example.test") if "moved up" in m["Subject"]]) == 1
+    assert len([m for m in smtp.to("max@example.test") if "moved up" in m["Subject"]]) == 1
+
+
+def test_without_smtp_host_mails_land_in_the_mailbox_folder(
+    db_url: str, redis_url: str, tmp_path: Any
+) -> None:
+    mailbox = tmp_path / "mailbox"
+    app = make_app(db_url, redis_url, SMTP_HOST="", MAILBOX_DIR=str(mailbox))
+    try:
+        event_id = new_event(app, capacity=2)
+        register(app, event_id, "nia")
+        work = deliverer(app)
+        [row] = outbox(app)
+        assert work.process(row["Id"]).status == "processed"
+        files = list(mailbox.glob("*.eml"))
+        assert len(files) == 1
+        content = files[0].read_text()
+        assert "To: nia@example.test" in content and "You're registered" in content
+    finally:
+        get_db(app).engine.dispose()
+
+
+def test_inline_mode_runs_the_handlers_right_after_commit(
+    db_url: str, redis_url: str, smtp: SmtpSink
+) -> None:
+    app = make_app(db_url, redis_url, OUTBOX_SYNC_HANDLERS=True, **smtp.config())
+    try:
+        event_id = new_event(app, capacity=2)
+        register(app, event_id, "oto")
+        assert len(smtp.to("oto@example.test")) == 1  # no relay, no worker
+        [row] = outbox(app)
+        assert row["ProcessedAt"] is not None
+    finally:
+        get_db(app).engine.dispose()

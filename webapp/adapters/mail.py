@@ -1,0 +1,119 @@
+"""Outgoing mail: text + HTML bodies rendered from ``templates/mail``, sent over SMTP,
+or written as ``.eml`` files into ``MAILBOX_DIR`` when no SMTP host is configured.
+
+The Message-ID is derived from the caller's ``message_key`` (outbox message id +
+purpose), so a mail sent again after a crash carries the same Message-ID and a
+mail client or the mailbox folder recognises the duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import smtplib
+import ssl
+import tempfile
+from email.message import EmailMessage
+from email.utils import formatdate, parseaddr
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
+
+
+def _environment() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def message_id_for(message_key: str, sender: str) -> str:
+    """Deterministic ``<hash@domain>`` for one logical mail."""
+    digest = hashlib.sha256(message_key.encode()).hexdigest()[:32]
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+    return f"<{digest}@{domain}>"
+
+
+class Mailer:
+    """Renders and delivers mails. ``SMTP_HOST`` empty -> ``MAILBOX_DIR`` files."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.sender = str(config.get("MAIL_FROM") or "Live Events <events@example.test>")
+        self.host = str(config.get("SMTP_HOST") or "")
+        self.port = int(config.get("SMTP_PORT") or 25)
+        self.use_tls = bool(config.get("SMTP_USE_TLS"))
+        self.use_ssl = bool(config.get("SMTP_USE_SSL"))
+        self.username = str(config.get("SMTP_USERNAME") or "")
+        self.password = str(config.get("SMTP_PASSWORD") or "")
+        self.timeout = float(config.get("SMTP_TIMEOUT") or 10.0)
+        self.mailbox_dir = Path(str(config.get("MAILBOX_DIR") or "var/mailbox"))
+        self.env = _environment()
+
+    def preload(self) -> None:
+        """Compile every mail template now (before a worker forks its children)."""
+        for name in self.env.list_templates(filter_func=lambda n: n.startswith("mail/")):
+            self.env.get_template(name)
+
+    @property
+    def transport(self) -> str:
+        return f"smtp://{self.host}:{self.port}" if self.host else f"mailbox:{self.mailbox_dir}"
+
+    def build(
+        self, to: str, template: str, context: dict[str, Any], message_key: str
+    ) -> EmailMessage:
+        """Render ``mail/<template>.txt`` (first line ``Subject: ...``) and ``.html``."""
+        text = self.env.get_template(f"mail/{template}.txt").render(**context)
+        first, _, body = text.partition("\n")
+        if not first.startswith("Subject:"):
+            raise ValueError(f"mail/{template}.txt must start with a 'Subject:' line")
+        html = self.env.get_template(f"mail/{template}.html").render(**context)
+        mail = EmailMessage()
+        mail["Subject"] = first.removeprefix("Subject:").strip()
+        mail["From"] = self.sender
+        mail["To"] = to
+        mail["Date"] = formatdate(localtime=False, usegmt=True)
+        mail["Message-ID"] = message_id_for(message_key, self.sender)
+        mail.set_content(body.lstrip("\n"))
+        mail.add_alternative(html, subtype="html")
+        return mail
+
+    def send(self, to: str, template: str, context: dict[str, Any], message_key: str) -> None:
+        mail = self.build(to, template, context, message_key)
+        if self.host:
+            self._send_smtp(mail)
+        else:
+            self._write_mailbox(mail, message_key)
+
+    def _send_smtp(self, mail: EmailMessage) -> None:
+        smtp: smtplib.SMTP
+        if self.use_ssl:
+            smtp = smtplib.SMTP_SSL(
+                self.host, self.port, timeout=self.timeout, context=ssl.create_default_context()
+            )
+        else:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        with smtp:
+            if self.use_tls and not self.use_ssl:
+                smtp.starttls(context=ssl.create_default_context())
+            if self.username:
+                smtp.login(self.username, self.password)
+            smtp.send_message(mail)
+
+    def _write_mailbox(self, mail: EmailMessage, message_key: str) -> None:
+        """One file per logical mail (named after the key): a redelivery overwrites it."""
+        self.mailbox_dir.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(message_key.encode()).hexdigest()[:24] + ".eml"
+        fd, tmp = tempfile.mkstemp(dir=self.mailbox_dir, suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(mail.as_bytes())
+        os.replace(tmp, self.mailbox_dir / name)
+
+
+def make_mailer(config: dict[str, Any]) -> Mailer:
+    return Mailer(config)

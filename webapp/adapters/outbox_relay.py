@@ -1,0 +1,218 @@
+"""Outbox queries of the relay and the workers: claim due messages under a lease,
+mark them dispatched / processed / failed, and the backlog figures for health and
+metrics. The ``OutboxMessages`` table is the truth; Redis only carries jobs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from webapp.adapters.tables import outbox_attempts, outbox_messages
+
+o = outbox_messages.c
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A message the relay holds a lease on."""
+
+    id: uuid.UUID
+    type: str
+    created_at: datetime
+    trace_context: str | None
+    #: set when an earlier relay pass had already enqueued it (a redelivery)
+    dispatched_at: datetime | None
+
+
+def pending_clause() -> Any:
+    """Not yet handled, not given up on, not archived by an operator."""
+    return and_(o.ProcessedAt.is_(None), o.DeadLetteredAt.is_(None), o.ArchivedAt.is_(None))
+
+
+def due_clause(now: datetime) -> Any:
+    return and_(
+        pending_clause(),
+        or_(o.NextRetryAt.is_(None), o.NextRetryAt <= now),
+        or_(o.LockedUntil.is_(None), o.LockedUntil < now),
+    )
+
+
+def claim(
+    session: Session, now: datetime, relay: str, limit: int, lease_seconds: float
+) -> list[Claimed]:
+    """Lease up to ``limit`` due messages, oldest first, to ``relay``.
+
+    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets several relays claim disjoint
+    batches; the lease (``LockedUntil``) hides the rows from the others until it
+    expires, so a relay that dies after claiming only delays its batch. SQLite:
+    the write transaction (``BEGIN IMMEDIATE``) serializes claimers.
+    Call inside a transaction and commit right after.
+    """
+    stmt = (
+        select(o.Id, o.Type, o.CreatedAt, o.TraceContext, o.DispatchedAt)
+        .where(due_clause(now))
+        .order_by(o.CreatedAt)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    rows = [Claimed(*row) for row in session.execute(stmt)]
+    if rows:
+        session.execute(
+            update(outbox_messages)
+            .where(o.Id.in_([r.id for r in rows]))
+            .values(LockedUntil=now + timedelta(seconds=lease_seconds), LockedBy=relay)
+        )
+    return rows
+
+
+def mark_dispatched(
+    session: Session, ids: Sequence[uuid.UUID], relay: str, now: datetime, lease_seconds: float
+) -> None:
+    """The jobs are in Redis: keep the lease (the visibility timeout of the job)."""
+    if ids:
+        session.execute(
+            update(outbox_messages)
+            .where(o.Id.in_(list(ids)), o.LockedBy == relay, o.ProcessedAt.is_(None))
+            .values(DispatchedAt=now, LockedUntil=now + timedelta(seconds=lease_seconds))
+        )
+
+
+def extend_lease(session: Session, ids: Sequence[uuid.UUID], relay: str, until: datetime) -> None:
+    if ids:
+        session.execute(
+            update(outbox_messages)
+            .where(o.Id.in_(list(ids)), o.LockedBy == relay)
+            .values(LockedUntil=until)
+        )
+
+
+def release(session: Session, ids: Sequence[uuid.UUID], relay: str) -> None:
+    """Give the rows back (enqueueing failed): due again at the next pass."""
+    if ids:
+        session.execute(
+            update(outbox_messages)
+            .where(o.Id.in_(list(ids)), o.LockedBy == relay, o.ProcessedAt.is_(None))
+            .values(LockedUntil=None, LockedBy=None)
+        )
+
+
+def load(db: Session | Connection, message_id: uuid.UUID) -> dict[str, Any] | None:
+    row = db.execute(select(outbox_messages).where(o.Id == message_id)).first()
+    return dict(row._mapping) if row else None
+
+
+def lock(session: Session, message_id: uuid.UUID) -> dict[str, Any] | None:
+    """The message row, locked for this transaction (no-op lock on SQLite, whose
+    write transaction already excludes every other writer)."""
+    stmt = select(outbox_messages).where(o.Id == message_id)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = session.execute(stmt).first()
+    return dict(row._mapping) if row else None
+
+
+def take_over(
+    session: Session, message_id: uuid.UUID, worker: str, now: datetime, lease_seconds: float
+) -> bool:
+    """The worker starts on a message: the lease is now the worker's. False if the
+    message no longer needs handling (processed, dead-lettered or archived)."""
+    result = session.execute(
+        update(outbox_messages)
+        .where(o.Id == message_id, pending_clause())
+        .values(LockedUntil=now + timedelta(seconds=lease_seconds), LockedBy=worker)
+    )
+    return bool(result.rowcount)
+
+
+def record_attempt(
+    session: Session,
+    message_id: uuid.UUID,
+    worker: str,
+    at: datetime,
+    duration_ms: int,
+    error_type: str | None = None,
+    error: str | None = None,
+) -> None:
+    session.execute(
+        insert(outbox_attempts).values(
+            MessageId=message_id,
+            AttemptedAt=at,
+            Worker=worker[:200],
+            DurationMs=duration_ms,
+            Succeeded=error_type is None,
+            ErrorType=error_type,
+            Error=error,
+        )
+    )
+
+
+def mark_processed(session: Session, message_id: uuid.UUID, now: datetime) -> None:
+    session.execute(
+        update(outbox_messages)
+        .where(o.Id == message_id, o.ProcessedAt.is_(None))
+        .values(ProcessedAt=now, LockedUntil=None, LockedBy=None, NextRetryAt=None)
+    )
+
+
+def mark_failed(
+    session: Session,
+    message_id: uuid.UUID,
+    *,
+    retry_count: int,
+    error: str,
+    error_type: str,
+    fingerprint: str,
+    next_retry_at: datetime | None,
+    dead_lettered_at: datetime | None,
+) -> None:
+    session.execute(
+        update(outbox_messages)
+        .where(o.Id == message_id, o.ProcessedAt.is_(None))
+        .values(
+            RetryCount=retry_count,
+            Error=error,
+            ErrorType=error_type[:255],
+            Fingerprint=fingerprint,
+            NextRetryAt=next_retry_at,
+            DeadLetteredAt=dead_lettered_at,
+            LockedUntil=None,
+            LockedBy=None,
+        )
+    )
+
+
+def backlog(db: Session | Connection, now: datetime) -> dict[str, Any]:
+    """Counts by state and the age of the oldest message waiting to be handled
+    (messages waiting for a scheduled retry are not counted as waiting)."""
+    waiting = and_(pending_clause(), or_(o.NextRetryAt.is_(None), o.NextRetryAt <= now))
+    oldest = db.execute(select(func.min(o.CreatedAt)).where(waiting)).scalar()
+    pending = db.execute(
+        select(func.count()).select_from(outbox_messages).where(pending_clause(), o.RetryCount == 0)
+    ).scalar_one()
+    retrying = db.execute(
+        select(func.count()).select_from(outbox_messages).where(pending_clause(), o.RetryCount > 0)
+    ).scalar_one()
+    dead = db.execute(
+        select(func.count())
+        .select_from(outbox_messages)
+        .where(o.DeadLetteredAt.is_not(None), o.ArchivedAt.is_(None))
+    ).scalar_one()
+    if oldest is not None and oldest.tzinfo is None:
+        from datetime import UTC
+
+        oldest = oldest.replace(tzinfo=UTC)
+    return {
+        "pending": pending,
+        "retrying": retrying,
+        "dead": dead,
+        "oldest_pending_age_seconds": (now - oldest).total_seconds() if oldest else 0.0,
+    }

@@ -1,0 +1,364 @@
+"""Running the asynchronous handlers of one outbox message (the worker's job), with
+retries, dead letters and the attempts history; plus the after-commit hooks that
+wake the relay or, in the baseline build, run the handlers inline.
+
+Delivery is at least once. Each handler runs in its own transaction together with
+its inbox row (``ProcessedMessages``: message id + handler name), so a redelivered
+message skips the handlers that already succeeded, and a job for a message that is
+already processed does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from webapp.adapters import outbox_relay
+from webapp.adapters.tables import processed_messages
+from webapp.domain.messages import from_dict
+from webapp.observability.metrics import (
+    HANDLER_FAILURES,
+    HANDLER_SECONDS,
+    MESSAGES_DEAD_LETTERED,
+)
+from webapp.observability.tracing import continue_trace
+from webapp.services import messagebus, status_links
+from webapp.services.async_handlers import Mailer
+from webapp.services.unit_of_work import CommitResult, utcnow
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from webapp.extensions import Database
+
+log = logging.getLogger(__name__)
+
+#: Redis pub/sub channel a relay listens on when PostgreSQL NOTIFY is not available
+WAKEUP_CHANNEL = "les:outbox:wakeup"
+#: set after every commit that wrote outbox rows: wakes a relay running in this process
+RELAY_WAKEUP = threading.Event()
+#: how long a worker may hold a message before the relay hands it to someone else
+DEFAULT_LEASE_SECONDS = 120.0
+#: retry delays grow by this factor per failure, capped at MAX_RETRY_DELAY_SECONDS
+BACKOFF_FACTOR = 2.0
+#: each delay is stretched by a random share in [0, JITTER] (never shortened)
+BACKOFF_JITTER = 0.25
+MAX_RETRY_DELAY_SECONDS = 3600.0
+
+_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+
+
+def retry_delay(
+    failures: int,
+    base_seconds: float,
+    *,
+    factor: float = BACKOFF_FACTOR,
+    jitter: float = BACKOFF_JITTER,
+    cap: float = MAX_RETRY_DELAY_SECONDS,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait after the ``failures``-th failure (1-based): exponential
+    ``base * factor**(failures-1)`` (capped), stretched by up to ``jitter`` so that
+    messages failing together do not retry together."""
+    if failures < 1:
+        raise ValueError("failures counts from 1")
+    delay = min(cap, base_seconds * factor ** (failures - 1))
+    return delay * (1.0 + jitter * rand())
+
+
+def fingerprint(message_type: str, error: BaseException) -> str:
+    """Groups failures with the same cause: message type, exception class and the
+    innermost frame of our own code (file and function, not the line number)."""
+    frame_id = ""
+    for frame in traceback.extract_tb(error.__traceback__):
+        if frame.filename.startswith(_PROJECT_ROOT) and "/.venv/" not in frame.filename:
+            relative = os.path.relpath(frame.filename, _PROJECT_ROOT)
+            frame_id = f"{relative}:{frame.name}"
+    key = f"{message_type}|{type(error).__module__}.{type(error).__qualname__}|{frame_id}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}.{os.getpid()}"
+
+
+class HandlerRun:
+    """The :class:`~webapp.services.async_handlers.HandlerContext` of one handler."""
+
+    def __init__(
+        self,
+        session: Session,
+        mailer: Mailer,
+        message_id: uuid.UUID,
+        public_base_url: str,
+        secret_key: str,
+    ) -> None:
+        self.session = session
+        self.mailer = mailer
+        self.message_id = str(message_id)
+        self._id = message_id
+        self._base = public_base_url
+        self._secret = secret_key
+
+    def status_url(self, registration_id: str) -> str:
+        return status_links.status_url(self._base, self._secret, registration_id)
+
+    def first_time(self, key: str) -> bool:
+        seen = self.session.execute(
+            select(processed_messages.c.MessageId).where(
+                processed_messages.c.MessageId == self._id, processed_messages.c.Handler == key
+            )
+        ).first()
+        if seen is not None:
+            return False
+        self.session.execute(
+            insert(processed_messages).values(MessageId=self._id, Handler=key, ProcessedAt=utcnow())
+        )
+        return True
+
+    def checkpoint(self) -> None:
+        self.session.commit()
+        outbox_relay.lock(self.session, self._id)
+
+
+@dataclass
+class Outcome:
+    #: processed | retry | dead | skipped | missing
+    status: str
+    message_type: str | None = None
+    error: str | None = None
+
+
+class Deliverer:
+    """Runs the async handlers of outbox messages against one database."""
+
+    def __init__(
+        self,
+        db: Database,
+        mailer: Mailer,
+        config: dict[str, Any],
+        worker_name: str | None = None,
+    ) -> None:
+        self.db = db
+        self.mailer = mailer
+        self.public_base_url = str(config.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000"))
+        self.secret_key = str(config.get("SECRET_KEY", ""))
+        self.retry_delay_seconds = float(config.get("OUTBOX_RETRY_DELAY_SECONDS", 5.0))
+        self.worker_name = worker_name or default_worker_name()
+
+    def process(
+        self,
+        message_id: str | uuid.UUID,
+        trace_context: str | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> Outcome:
+        """Handle one message (the worker job). Never raises for a handler failure:
+        the failure is recorded on the message and its retry scheduled. Database
+        errors while bookkeeping do propagate (the relay redelivers after the lease)."""
+        mid = message_id if isinstance(message_id, uuid.UUID) else uuid.UUID(str(message_id))
+        with self.db.write_sessions() as session, session.begin():
+            row = outbox_relay.load(session, mid)
+            if row is None:
+                return Outcome("missing")
+            if not outbox_relay.take_over(session, mid, self.worker_name, utcnow(), lease_seconds):
+                return Outcome("skipped", row["Type"])
+        with continue_trace(
+            f"outbox.handle {row['Type']}",
+            trace_context if trace_context is not None else row["TraceContext"],
+            kind=trace.SpanKind.CONSUMER,
+            attributes={"messaging.message.id": str(mid), "les.worker": self.worker_name},
+        ) as span:
+            outcome = self._run(mid, row)
+            span.set_attribute("les.outcome", outcome.status)
+            if outcome.error:
+                span.set_status(trace.StatusCode.ERROR, outcome.error[:200])
+            return outcome
+
+    def record_crash(self, message_id: str | uuid.UUID, error: BaseException) -> Outcome:
+        """The process running ``message_id`` died: count it as a failed attempt."""
+        mid = message_id if isinstance(message_id, uuid.UUID) else uuid.UUID(str(message_id))
+        with self.db.engine.connect() as conn:
+            row = outbox_relay.load(conn, mid)
+        if row is None:
+            return Outcome("missing")
+        return self._finish(mid, row["Type"], utcnow(), 0.0, error)
+
+    def _run(self, mid: uuid.UUID, row: dict[str, Any]) -> Outcome:
+        type_name = row["Type"]
+        started_at = utcnow()
+        started = time.perf_counter()
+        failure: BaseException | None = None
+        try:
+            message = from_dict(type_name, json.loads(row["Data"]))
+        except Exception as error:  # unreadable payload: a dead letter in the making
+            failure = error
+            message = None
+        if message is not None:
+            for handler in messagebus.async_handlers(type_name):
+                try:
+                    self._run_handler(mid, handler, message)
+                except Exception as error:
+                    log.warning(
+                        "handler %s failed on %s %s: %r", handler.name, type_name, mid, error
+                    )
+                    failure = failure or error
+        duration = time.perf_counter() - started
+        HANDLER_SECONDS.labels(message_type=type_name).observe(duration)
+        return self._finish(mid, type_name, started_at, duration, failure)
+
+    def _run_handler(self, mid: uuid.UUID, handler: messagebus.AsyncHandler, message: Any) -> None:
+        with self.db.write_sessions() as session:
+            try:
+                current = outbox_relay.lock(session, mid)
+                if current is None or current["ProcessedAt"] is not None:
+                    return
+                done = session.execute(
+                    select(processed_messages.c.MessageId).where(
+                        processed_messages.c.MessageId == mid,
+                        processed_messages.c.Handler == handler.name,
+                    )
+                ).first()
+                if done is not None:
+                    return
+                ctx = HandlerRun(session, self.mailer, mid, self.public_base_url, self.secret_key)
+                handler.func(message, ctx)
+                session.execute(
+                    insert(processed_messages).values(
+                        MessageId=mid, Handler=handler.name, ProcessedAt=utcnow()
+                    )
+                )
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def _finish(
+        self,
+        mid: uuid.UUID,
+        type_name: str,
+        started_at: datetime,
+        duration: float,
+        failure: BaseException | None,
+    ) -> Outcome:
+        now = utcnow()
+        with self.db.write_sessions() as session, session.begin():
+            current = outbox_relay.lock(session, mid)
+            error_type = type(failure).__name__ if failure else None
+            error_text = _describe(failure) if failure else None
+            outbox_relay.record_attempt(
+                session,
+                mid,
+                self.worker_name,
+                started_at,
+                round(duration * 1000),
+                error_type,
+                error_text,
+            )
+            if current is None or current["ProcessedAt"] is not None:
+                return Outcome("skipped", type_name)
+            if failure is None:
+                outbox_relay.mark_processed(session, mid, now)
+                return Outcome("processed", type_name)
+            HANDLER_FAILURES.labels(message_type=type_name, error_class=error_type).inc()
+            failures = int(current["RetryCount"]) + 1
+            dead = failures >= int(current["MaxRetryCount"])
+            next_at = None
+            if not dead:
+                delay = retry_delay(failures, self.retry_delay_seconds)
+                next_at = now + timedelta(seconds=delay)
+            outbox_relay.mark_failed(
+                session,
+                mid,
+                retry_count=failures,
+                error=error_text or "",
+                error_type=f"{type(failure).__module__}.{type(failure).__qualname__}",
+                fingerprint=fingerprint(type_name, failure),
+                next_retry_at=next_at,
+                dead_lettered_at=now if dead else None,
+            )
+        if dead:
+            MESSAGES_DEAD_LETTERED.labels(message_type=type_name).inc()
+            log.error("outbox message %s (%s) is a dead letter: %s", mid, type_name, error_type)
+            return Outcome("dead", type_name, error_text)
+        return Outcome("retry", type_name, error_text)
+
+
+def _describe(error: BaseException) -> str:
+    """Type, message and traceback, as an operator reads them."""
+    summary = f"{type(error).__name__}: {error}"
+    trace_text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return f"{summary[:2000]}\n\n{trace_text[-18000:]}"
+
+
+# -- after-commit hooks ------------------------------------------------------------------
+class RelayWakeup:
+    """After a commit that wrote outbox rows: set :data:`RELAY_WAKEUP` and, where
+    PostgreSQL NOTIFY does not exist (SQLite), publish on :data:`WAKEUP_CHANNEL`.
+    Redis errors are swallowed, and Redis is left alone for a few seconds after
+    one, so a registration never waits on a Redis outage."""
+
+    def __init__(self, redis_url: str, publish: bool) -> None:
+        self.redis_url = redis_url
+        self.publish = publish
+        self._client: Any = None
+        self._quiet_until = 0.0
+
+    def __call__(self, result: CommitResult) -> None:
+        if not result.outbox_rows:
+            return
+        RELAY_WAKEUP.set()
+        if not self.publish or time.monotonic() < self._quiet_until:
+            return
+        try:
+            if self._client is None:
+                import redis
+
+                self._client = redis.Redis.from_url(
+                    self.redis_url, socket_timeout=0.2, socket_connect_timeout=0.2
+                )
+            self._client.publish(WAKEUP_CHANNEL, "1")
+        except Exception as error:
+            self._quiet_until = time.monotonic() + 5.0
+            log.debug("relay wake-up not published: %r", error)
+
+
+class InlineHandlers:
+    """Baseline build (``OUTBOX_SYNC_HANDLERS``): run the async handlers right after
+    the commit, in the request. Failures are recorded and retried by the relay."""
+
+    def __init__(self, deliverer: Deliverer) -> None:
+        self.deliverer = deliverer
+
+    def __call__(self, result: CommitResult) -> None:
+        for row in result.outbox_rows:
+            self.deliverer.process(row["Id"], trace_context=row.get("TraceContext"))
+
+
+def init_app(app: Flask) -> None:
+    """Register the after-commit hooks of the outbox on the app's database."""
+    from webapp.adapters.mail import make_mailer
+    from webapp.extensions import get_db
+
+    db = get_db(app)
+    postgres = db.engine.dialect.name == "postgresql"
+    db.after_commit.append(RelayWakeup(app.config["REDIS_URL"], publish=not postgres))
+    if app.config.get("OUTBOX_SYNC_HANDLERS"):
+        deliverer = Deliverer(db, make_mailer(app.config), app.config, "inline")
+        db.after_commit.append(InlineHandlers(deliverer))

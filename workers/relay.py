@@ -1,0 +1,337 @@
+"""The outbox relay: ``python -m workers.relay``.
+
+Claims due outbox messages in batches under a lease, enqueues one RQ job per
+message (JSON serializer, job id = message id, trace context in ``job.meta``) and
+marks them dispatched. Wakes on PostgreSQL ``LISTEN outbox_messages`` (or the Redis
+wake-up channel / in-process event on SQLite) and polls at least every second.
+Several relays may run at once: claims use ``FOR UPDATE SKIP LOCKED`` and a lease,
+so one message is never dispatched by two relays at the same time, and the
+messages of a relay that died come back when its lease expires.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import redis
+from opentelemetry import propagate, trace
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from sqlalchemy.exc import SQLAlchemyError
+
+from webapp.adapters import heartbeats, outbox_relay
+from webapp.adapters.outbox import NOTIFY_CHANNEL
+from webapp.observability.metrics import (
+    OUTBOX_MESSAGES,
+    OUTBOX_OLDEST_PENDING_SECONDS,
+    RELAY_DISPATCH_SECONDS,
+    RELAY_DISPATCHED,
+)
+from webapp.observability.tracing import continue_trace
+from webapp.services.delivery import DEFAULT_LEASE_SECONDS, RELAY_WAKEUP, WAKEUP_CHANNEL
+from webapp.services.unit_of_work import utcnow
+from workers import HANDLE_MESSAGE_JOB, OUTBOX_QUEUE
+
+log = logging.getLogger("workers.relay")
+
+#: an already enqueued job in one of these states is waiting for a worker: keep it
+_WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+HEARTBEAT_EVERY = 2.0
+GAUGES_EVERY = 5.0
+#: job results are only for debugging; the outbox row is the record
+RESULT_TTL = 600
+JOB_TIMEOUT = 60
+
+
+class Relay:
+    def __init__(
+        self,
+        db: Any,
+        redis_client: redis.Redis,
+        database_url: str,
+        name: str | None = None,
+        batch_size: int = 100,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        poll_interval: float = 1.0,
+        queue_name: str = OUTBOX_QUEUE,
+    ) -> None:
+        self.db = db
+        self.redis = redis_client
+        self.database_url = database_url
+        self.name = name or f"relay/{socket.gethostname()}/{os.getpid()}"
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.poll_interval = min(poll_interval, 1.0)
+        self.queue = Queue(queue_name, connection=redis_client, serializer=JSONSerializer)
+        self.postgres = db.engine.dialect.name == "postgresql"
+        self.stop_event = threading.Event()
+        self._listen_conn: Any = None
+        self._pubsub_thread: Any = None
+        self._last_beat = 0.0
+        self._last_gauges = 0.0
+        self._redis_backoff = 0.0
+
+    # -- one pass ----------------------------------------------------------------------
+    def dispatch_once(self) -> int:
+        """Claim one batch and enqueue it; returns how many messages were claimed."""
+        now = utcnow()
+        with self.db.write_sessions() as session, session.begin():
+            claimed = outbox_relay.claim(
+                session, now, self.name, self.batch_size, self.lease_seconds
+            )
+        if not claimed:
+            return 0
+        try:
+            waiting = self._still_waiting([c for c in claimed if c.dispatched_at is not None])
+            to_send = [c for c in claimed if c.id not in waiting]
+            self._enqueue(to_send)
+        except redis.RedisError:
+            with self.db.write_sessions() as session, session.begin():
+                outbox_relay.release(session, [c.id for c in claimed], self.name)
+            raise
+        enqueued_at = utcnow()
+        with self.db.write_sessions() as session, session.begin():
+            outbox_relay.mark_dispatched(
+                session, [c.id for c in to_send], self.name, enqueued_at, self.lease_seconds
+            )
+            outbox_relay.extend_lease(
+                session,
+                list(waiting),
+                self.name,
+                enqueued_at + timedelta(seconds=self.lease_seconds),
+            )
+        RELAY_DISPATCHED.inc(len(to_send))
+        for c in to_send:
+            if c.dispatched_at is None:
+                RELAY_DISPATCH_SECONDS.observe(
+                    max(0.0, (enqueued_at - c.created_at).total_seconds())
+                )
+        return len(claimed)
+
+    def _still_waiting(self, redeliveries: Sequence[outbox_relay.Claimed]) -> set[uuid.UUID]:
+        """Messages whose lease ran out while their job still waits in the queue
+        (a backlog, not a failure): they are not enqueued a second time."""
+        if not redeliveries:
+            return set()
+        jobs = Job.fetch_many(
+            [str(c.id) for c in redeliveries], connection=self.redis, serializer=JSONSerializer
+        )
+        waiting = set()
+        for claimed, job in zip(redeliveries, jobs, strict=True):
+            if job is not None and job.get_status(refresh=False) in _WAITING:
+                waiting.add(claimed.id)
+        return waiting
+
+    def _enqueue(self, messages: Sequence[outbox_relay.Claimed]) -> None:
+        if not messages:
+            return
+        datas = []
+        for c in messages:
+            with continue_trace(
+                "outbox.dispatch",
+                c.trace_context,
+                kind=trace.SpanKind.PRODUCER,
+                attributes={
+                    "messaging.message.id": str(c.id),
+                    "les.message_type": c.type,
+                    "les.redelivery": c.dispatched_at is not None,
+                },
+            ):
+                carrier: dict[str, str] = {}
+                propagate.inject(carrier)
+            meta = {"trace_context": json.dumps(carrier) if carrier else c.trace_context}
+            meta["message_type"] = c.type
+            datas.append(
+                Queue.prepare_data(
+                    HANDLE_MESSAGE_JOB,
+                    args=(str(c.id),),
+                    kwargs={"lease_seconds": self.lease_seconds},
+                    job_id=str(c.id),
+                    meta=meta,
+                    timeout=JOB_TIMEOUT,
+                    result_ttl=RESULT_TTL,
+                    description=f"{c.type} {c.id}",
+                )
+            )
+        with self.redis.pipeline() as pipe:
+            self.queue.enqueue_many(datas, pipeline=pipe)
+            pipe.execute()
+
+    # -- the loop ----------------------------------------------------------------------
+    def run(self) -> None:
+        log.info("relay %s started (%s)", self.name, "LISTEN/NOTIFY" if self.postgres else "poll")
+        if self.postgres:
+            try:  # listen before the first pass, so no commit falls in between
+                self._listen()
+            except Exception as error:
+                log.warning("relay: cannot LISTEN yet (%r); polling", error)
+        else:
+            self._subscribe_wakeups()
+        while not self.stop_event.is_set():
+            drained = False
+            try:
+                while not self.stop_event.is_set():
+                    if self.dispatch_once() < self.batch_size:
+                        drained = True
+                        break
+            except redis.RedisError as error:
+                self._redis_backoff = min(1.0, max(0.1, self._redis_backoff * 2))
+                log.warning("relay: Redis unavailable (%r); retrying", error)
+            except SQLAlchemyError as error:
+                log.warning("relay: database error (%r); retrying", error)
+                self.stop_event.wait(0.5)
+                continue
+            if drained:
+                self._redis_backoff = 0.0
+            self._housekeeping()
+            if self._redis_backoff:
+                self.stop_event.wait(self._redis_backoff)
+            elif drained:
+                self._wait()
+        self.close()
+        log.info("relay %s stopped", self.name)
+
+    def _wait(self) -> None:
+        """Until a wake-up or the poll interval, whichever comes first."""
+        if self.postgres:
+            try:
+                conn = self._listen()
+                for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):
+                    break
+                return
+            except Exception as error:
+                log.warning("relay: LISTEN connection lost (%r); polling", error)
+                self._close_listen()
+        RELAY_WAKEUP.wait(self.poll_interval)
+        RELAY_WAKEUP.clear()
+
+    def _listen(self) -> Any:
+        if self._listen_conn is None or self._listen_conn.closed:
+            import psycopg
+
+            from webapp.adapters.db import normalize_url
+
+            url = normalize_url(self.database_url).replace("postgresql+psycopg://", "postgresql://")
+            self._listen_conn = psycopg.connect(url, autocommit=True, connect_timeout=3)
+            self._listen_conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return self._listen_conn
+
+    def _close_listen(self) -> None:
+        if self._listen_conn is not None:
+            with contextlib.suppress(Exception):  # already broken
+                self._listen_conn.close()
+        self._listen_conn = None
+
+    def _subscribe_wakeups(self) -> None:
+        """SQLite: a committed registration publishes on the wake-up channel."""
+
+        def on_message(_message: Any) -> None:
+            RELAY_WAKEUP.set()
+
+        try:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(**{WAKEUP_CHANNEL: on_message})
+            self._pubsub_thread = pubsub.run_in_thread(
+                sleep_time=0.5, daemon=True, exception_handler=_ignore_pubsub_error
+            )
+        except redis.RedisError as error:
+            log.warning("relay: no Redis wake-ups (%r); polling", error)
+
+    def _housekeeping(self) -> None:
+        now = time.time()
+        if now - self._last_beat >= HEARTBEAT_EVERY:
+            try:
+                heartbeats.beat(self.redis, "relay", self.name, now)
+                self._last_beat = now
+            except redis.RedisError as error:
+                log.debug("relay heartbeat failed: %r", error)
+        if now - self._last_gauges >= GAUGES_EVERY:
+            self._last_gauges = now
+            try:
+                with self.db.engine.connect() as conn:
+                    figures = outbox_relay.backlog(conn, utcnow())
+                for state in ("pending", "retrying", "dead"):
+                    OUTBOX_MESSAGES.labels(state=state).set(figures[state])
+                OUTBOX_OLDEST_PENDING_SECONDS.set(figures["oldest_pending_age_seconds"])
+            except SQLAlchemyError as error:
+                log.debug("relay gauges failed: %r", error)
+
+    def stop(self, *_args: Any) -> None:
+        self.stop_event.set()
+        RELAY_WAKEUP.set()
+
+    def close(self) -> None:
+        self._close_listen()
+        if self._pubsub_thread is not None:
+            self._pubsub_thread.stop()
+        with contextlib.suppress(redis.RedisError):
+            heartbeats.forget(self.redis, "relay", self.name)
+
+
+def _ignore_pubsub_error(error: BaseException, pubsub: Any, thread: Any) -> None:
+    log.debug("relay wake-up subscription error: %r", error)
+    time.sleep(1.0)
+
+
+def start_in_thread(app: Any, **options: Any) -> Relay:
+    """An in-process relay (embedded mode): woken by :data:`RELAY_WAKEUP`."""
+    from webapp.extensions import get_db
+
+    relay = Relay(
+        get_db(app),
+        redis.Redis.from_url(app.config["REDIS_URL"], socket_timeout=5),
+        app.config["DATABASE_URL"],
+        **options,
+    )
+    threading.Thread(target=relay.run, name="outbox-relay", daemon=True).start()
+    return relay
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.relay", description=__doc__)
+    parser.add_argument("--name", help="relay name in leases and heartbeats")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--lease-seconds", type=float, default=DEFAULT_LEASE_SECONDS)
+    parser.add_argument("--poll-interval", type=float, default=1.0, help="at most 1 s")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1")
+    args = parser.parse_args(argv)
+
+    from workers import runtime
+
+    app = runtime.get_app({"SERVICE_NAME": "les-relay"})
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr="127.0.0.1")
+    from webapp.extensions import get_db
+
+    relay = Relay(
+        get_db(app),
+        redis.Redis.from_url(app.config["REDIS_URL"], socket_timeout=5, socket_connect_timeout=2),
+        app.config["DATABASE_URL"],
+        name=args.name,
+        batch_size=args.batch_size,
+        lease_seconds=args.lease_seconds,
+        poll_interval=args.poll_interval,
+    )
+    signal.signal(signal.SIGTERM, relay.stop)
+    signal.signal(signal.SIGINT, relay.stop)
+    relay.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

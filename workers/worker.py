@@ -1,0 +1,129 @@
+"""RQ worker and worker pool classes of the service (redash-style: a Worker
+subclass for the per-fork database hygiene and crash bookkeeping)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+
+import redis
+from rq import Queue, Worker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.worker_pool import WorkerPool
+
+from webapp.adapters import heartbeats
+from workers import CLEANUP_JOB, HANDLE_MESSAGE_JOB, MAINTENANCE_QUEUE, QUEUES, runtime
+
+log = logging.getLogger("workers")
+
+HEARTBEAT_EVERY = 2.0
+CLEANUP_LOCK = "les:outbox:cleanup-scheduled"
+
+
+class WorkHorseKilled(Exception):
+    """The process running the handlers died (killed, out of memory, timeout)."""
+
+
+class OutboxWorker(Worker):
+    """One RQ worker process. Forks a work horse per job."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("serializer", JSONSerializer)
+        super().__init__(*args, **kwargs)
+        runtime.after_fork()
+
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
+        runtime.after_fork()  # the horse opens its own connections
+        super().main_work_horse(job, queue)
+
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+        """A horse that died mid-job counts as a failed attempt of its message (it
+        is retried with backoff); if this worker dies too, the relay's lease on
+        the message runs out and it is dispatched again."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        if job.func_name != HANDLE_MESSAGE_JOB or not job.args:
+            return
+        try:
+            runtime.get_deliverer().record_crash(
+                str(job.args[0]), WorkHorseKilled(f"work horse {retpid} ended with {ret_val}")
+            )
+        except Exception:
+            log.exception("could not record the crash of job %s", job.id)
+
+
+class OutboxWorkerPool(WorkerPool):
+    """The pool also beats the ``worker`` heartbeat and schedules the cleanup."""
+
+    def __init__(self, *args: Any, cleanup_interval: int = 3600, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cleanup_interval = cleanup_interval
+        self._last_beat = 0.0
+
+    def check_workers(self, respawn: bool = True) -> None:
+        super().check_workers(respawn)
+        now = time.time()
+        if now - self._last_beat < HEARTBEAT_EVERY:
+            return
+        self._last_beat = now
+        try:
+            if self.number_of_active_workers:
+                heartbeats.beat(self.connection, "worker", f"pool/{self.name}", now)
+            self.schedule_cleanup()
+        except redis.RedisError as error:
+            self.log.warning("worker pool: Redis unavailable (%r)", error)
+
+    def schedule_cleanup(self) -> None:
+        """Enqueue the outbox cleanup once per interval across all pools."""
+        if self.connection.set(CLEANUP_LOCK, self.name, nx=True, ex=self.cleanup_interval):
+            queue = Queue(MAINTENANCE_QUEUE, connection=self.connection, serializer=JSONSerializer)
+            queue.enqueue(CLEANUP_JOB, job_timeout=600, result_ttl=86400)
+
+    def request_stop(self, signum: Any = None, frame: Any = None) -> None:
+        super().request_stop(signum, frame)
+        with contextlib.suppress(redis.RedisError):
+            heartbeats.forget(self.connection, "worker", f"pool/{self.name}")
+
+
+def run_pool(
+    concurrency: int | None = None, burst: bool = False, metrics_port: int | None = None
+) -> int:
+    app = runtime.get_app({"SERVICE_NAME": "les-worker"})
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()  # before fork, once
+    runtime.get_deliverer()  # compile the mail templates before fork
+    runtime.after_fork()  # the pool itself keeps no connection to hand down
+    if metrics_port:
+        _serve_metrics(metrics_port)
+    from webapp.services.outbox_maintenance import CLEANUP_INTERVAL_SECONDS
+
+    connection = redis.Redis.from_url(app.config["REDIS_URL"])
+    pool = OutboxWorkerPool(
+        list(QUEUES),
+        connection=connection,
+        num_workers=concurrency or int(app.config["BACKGROUND_MAX_CONCURRENCY"]),
+        worker_class=OutboxWorker,
+        serializer=JSONSerializer,
+        cleanup_interval=CLEANUP_INTERVAL_SECONDS,
+    )
+    level = str(app.config.get("LOG_LEVEL", "INFO"))
+    pool.start(burst=burst, logging_level="INFO" if level == "DEBUG" else level)
+    return 0
+
+
+def _serve_metrics(port: int) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        start_http_server(port, addr="127.0.0.1", registry=registry)
+    else:
+        start_http_server(port, addr="127.0.0.1")
