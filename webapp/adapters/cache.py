@@ -218,7 +218,8 @@ class CacheLayer:
         for start in range(0, len(keys), 500):
             self.client.delete(*keys[start : start + 500])
         self._needs_clear = False
-        log.warning("cache cleared (%d keys): %s", len(keys), reason)
+        level = logging.INFO if reason == "requested" else logging.WARNING
+        log.log(level, "cache cleared (%d keys): %s", len(keys), reason)
 
     def _failed(self, regions: list[str], error: BaseException, count: int = 1) -> None:
         now = time.monotonic()

@@ -1,0 +1,195 @@
+"""The cache layer on a real Redis: single-flight loads, stores that lose to
+invalidations, region TTLs, counters, JSON values."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+
+from webapp.adapters.cache import (
+    EVENT_DETAILS,
+    REGIONS,
+    REGISTRATION_COUNTS,
+    WAITLIST_POSITIONS,
+    CacheLayer,
+    Slot,
+)
+from webapp.config import next_redis_db
+from webapp.observability.metrics import CACHE_REQUESTS
+
+pytestmark = pytest.mark.redis
+
+TTLS = {
+    "event_details": 300,
+    "registration_counts": 120,
+    "user_information": 600,
+    "waitlist_positions": 60,
+    "page_output": 30,
+}
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(next_redis_db(redis_url))
+
+
+def make_layer(client: redis.Redis, **kw: Any) -> CacheLayer:
+    return CacheLayer(client, f"t{uuid.uuid4().hex[:6]}:", TTLS, **kw)
+
+
+class CountingLoader:
+    def __init__(self, value: Any, delay: float = 0.1) -> None:
+        self.value = value
+        self.delay = delay
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._lock:
+            self.calls += 1
+        time.sleep(self.delay)  # a slow query: everyone else arrives meanwhile
+        return self.value
+
+
+def expire(layer: CacheLayer, client: redis.Redis, key: str) -> None:
+    client.pexpire(layer.prefix + key, 1)
+    time.sleep(0.01)
+    assert client.get(layer.prefix + key) is None
+
+
+def read_concurrently(layers: list[CacheLayer], slot: Slot, loader: CountingLoader, n: int) -> list:
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+
+    def reader(i: int) -> None:
+        barrier.wait()
+        results[i] = layers[i % len(layers)].get(slot, loader)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return results
+
+
+def test_fifty_concurrent_readers_of_an_expired_key_cause_one_load(client: redis.Redis) -> None:
+    layer = make_layer(client)
+    slot = Slot(EVENT_DETAILS, "event:1")
+    layer.get(slot, lambda: {"title": "old"})
+    expire(layer, client, "event:1")
+    loader = CountingLoader({"title": "Concert"})
+
+    results = read_concurrently([layer], slot, loader, 50)
+
+    assert loader.calls == 1
+    assert results == [{"title": "Concert"}] * 50
+
+
+def test_readers_in_two_processes_share_one_load(client: redis.Redis) -> None:
+    """Two layers = two processes (separate in-process locks): the Redis lock
+    makes the second process wait for the first one's value."""
+    first = make_layer(client)
+    second = CacheLayer(client, first.prefix, TTLS)
+    slot = Slot(REGISTRATION_COUNTS, "counts:9")
+    loader = CountingLoader({"confirmed_count": 3}, delay=0.2)
+
+    results = read_concurrently([first, second], slot, loader, 50)
+
+    assert loader.calls == 1
+    assert results == [{"confirmed_count": 3}] * 50
+
+
+def test_a_load_that_raced_an_invalidation_is_not_stored(client: redis.Redis) -> None:
+    """A reader loaded the old row, then a write committed and invalidated: the old
+    value must not land in the cache after the invalidation."""
+    layer = make_layer(client)
+    slot = Slot(REGISTRATION_COUNTS, "counts:1")
+
+    def load_then_a_write_commits() -> dict[str, int]:
+        value = {"confirmed_count": 1}  # read before the commit
+        layer.invalidate({"counts:1"})  # the writer's after-commit hook
+        return value
+
+    assert layer.get(slot, load_then_a_write_commits) == {"confirmed_count": 1}
+    assert client.get(layer.prefix + "counts:1") is None
+    assert layer.get(slot, lambda: {"confirmed_count": 2}) == {"confirmed_count": 2}
+    assert layer.get(slot, lambda: pytest.fail("should be cached")) == {"confirmed_count": 2}
+
+
+def test_invalidating_a_waitlist_drops_every_cached_position(client: redis.Redis) -> None:
+    layer = make_layer(client)
+    for queue_key, position in ((5, 1), (8, 2)):
+        slot = Slot(WAITLIST_POSITIONS, "waitlist:4", field=str(queue_key))
+        assert layer.get(slot, lambda p=position: p) == position
+    assert client.hlen(layer.prefix + "waitlist:4") == 2
+
+    layer.invalidate({"waitlist:4"})
+
+    slot = Slot(WAITLIST_POSITIONS, "waitlist:4", field="8")
+    assert layer.get(slot, lambda: 1) == 1
+
+
+def test_each_region_keeps_values_for_its_own_ttl(client: redis.Redis) -> None:
+    layer = make_layer(client)
+    for region in REGIONS:
+        layer.get(Slot(region, f"k:{region}"), lambda: {"x": 1})
+        ttl = client.pttl(layer.prefix + f"k:{region}") / 1000
+        assert TTLS[region] - 2 < ttl <= TTLS[region], region
+    layer.get(Slot(WAITLIST_POSITIONS, "waitlist:1", field="3"), lambda: 2)
+    assert 58 < client.pttl(layer.prefix + "waitlist:1") / 1000 <= 60
+
+
+def test_values_are_json_and_keep_datetimes_and_uuids(client: redis.Redis) -> None:
+    layer = make_layer(client)
+    value = {"at": datetime(2026, 5, 1, 18, 30, tzinfo=UTC), "id": uuid.uuid4(), "n": [1, None]}
+    layer.get(Slot(EVENT_DETAILS, "event:2"), lambda: value)
+
+    raw = client.get(layer.prefix + "event:2")
+    assert raw is not None and raw.startswith(b"{")  # JSON, never pickle
+    assert layer.get(Slot(EVENT_DETAILS, "event:2"), lambda: None) == value
+
+
+def test_missing_rows_are_not_cached(client: redis.Redis) -> None:
+    layer = make_layer(client)
+    slot = Slot(EVENT_DETAILS, "event:404")
+    assert layer.get(slot, lambda: None) is None
+    assert layer.get(slot, lambda: {"title": "created since"}) == {"title": "created since"}
+
+
+def counter(region: str, result: str) -> float:
+    return float(CACHE_REQUESTS.labels(region, result)._value.get())
+
+
+def test_hits_misses_go_to_prometheus_and_the_shared_counters_alike(
+    client: redis.Redis,
+) -> None:
+    layer = make_layer(client)
+    before = {r: counter(EVENT_DETAILS, r) for r in ("hit", "miss")}
+    slots = [Slot(EVENT_DETAILS, f"event:{i}") for i in range(3)]
+
+    layer.fetch(slots, lambda missing: {s: {"i": s.key} for s in missing})  # 3 misses
+    for _ in range(3):
+        layer.fetch(slots, lambda missing: pytest.fail("cached"))  # 9 hits
+
+    assert counter(EVENT_DETAILS, "miss") - before["miss"] == 3
+    assert counter(EVENT_DETAILS, "hit") - before["hit"] == 9
+    assert layer.shared_counts()[(EVENT_DETAILS, "hit")] == 9
+    assert layer.shared_counts(5)[(EVENT_DETAILS, "miss")] == 3
+    assert (REGISTRATION_COUNTS, "hit") not in layer.shared_counts()
+
+
+def test_disabled_layer_always_loads_and_counts_nothing(client: redis.Redis) -> None:
+    layer = make_layer(client, enabled=False)
+    loader = CountingLoader({"a": 1}, delay=0)
+    slot = Slot(EVENT_DETAILS, "event:1")
+    for _ in range(3):
+        assert layer.get(slot, loader) == {"a": 1}
+    assert loader.calls == 3
+    assert client.keys(layer.prefix + "*") == []

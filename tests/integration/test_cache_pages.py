@@ -1,0 +1,327 @@
+"""The cache seen from the pages, on SQLite and PostgreSQL with a real Redis:
+SQL statements per hot page with the cache cold and warm, no stale count or
+position after one's own write, and output caching of the event list."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import event
+
+from tests.conftest import csrf_token_from, make_app
+from webapp.adapters.cache import get_cache
+from webapp.config import next_redis_db
+from webapp.extensions import get_db
+from webapp.services import events as event_service
+from webapp.services import registrations
+from webapp.services.status_links import make_token
+
+pytestmark = pytest.mark.redis
+
+
+@contextmanager
+def sql_statements(app: Flask) -> Iterator[list[str]]:
+    """The data statements (SELECT/INSERT/UPDATE/DELETE) the app runs meanwhile."""
+    engine = get_db(app).engine
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().split(None, 1)[0].upper() in {"SELECT", "INSERT", "UPDATE", "DELETE"}:
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def statements_for(app: Flask, client: FlaskClient, path: str, **headers: str) -> int:
+    with sql_statements(app) as seen:
+        response = client.get(path, headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return len(seen)
+
+
+def register(app: Flask, event_id: int, name: str) -> tuple[str, str]:
+    outcome = registrations.register(
+        get_db(app).unit_of_work, event_id, name, f"{name.lower()}@example.com"
+    )
+    return f"/registrations/{make_token(app.secret_key, outcome.registration_id)}", str(
+        outcome.registration_id
+    )
+
+
+def text_of(client: FlaskClient, path: str) -> str:
+    html = client.get(path).get_data(as_text=True)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def status_of(client: FlaskClient, path: str) -> tuple[str, str | None]:
+    html = client.get(path).get_data(as_text=True)
+    status = re.search(r'id="registration-status-value">\s*<span class="status status-(\w+)"', html)
+    position = re.search(r'class="waitlist-position">#(\d+)<', html)
+    assert status, html
+    return status.group(1).strip(), position.group(1) if position else None
+
+
+def cached_pages(app: Flask) -> list[str]:
+    prefix = get_cache(app).prefix
+    keys = redis.Redis.from_url(app.config["CACHE_REDIS_URL"]).keys(prefix + "page:*")
+    return [key.decode() for key in keys]
+
+
+def seats_on_list(client: FlaskClient) -> list[str]:
+    return re.findall(r'class="seats-left">([^<]+)<', client.get("/").get_data(as_text=True))
+
+
+# -- statements per hot page -------------------------------------------------------------
+def test_hot_pages_run_no_sql_when_the_cache_is_warm(
+    app: Flask, client: FlaskClient, create_event: Callable[..., int]
+) -> None:
+    event_id = create_event(capacity=1)
+    confirmed, _ = register(app, event_id, "Ann")
+    waiting, _ = register(app, event_id, "Bob")
+    layer = get_cache(app)
+
+    pages = {
+        # path: statements with everything cold
+        "/": 2,  # the list's details, then the counts of all its events in one statement
+        f"/events/{event_id}": 1,  # details and counts in one statement
+        confirmed: 2,  # registration + attendee, event details
+        waiting: 3,  # ... and the waitlist position
+    }
+    for path, cold in pages.items():
+        layer.clear()
+        assert statements_for(app, client, path) == cold, path
+        assert statements_for(app, client, path) == 0, path
+        assert statements_for(app, client, path, **{"HX-Request": "true"}) == 0, path
+
+    # the list page's data is warm but its output cache is not: still no SQL
+    client.get("/")
+    layer.invalidate({"page:public.event_list:full"})
+    assert statements_for(app, client, "/") == 0
+
+
+def test_after_a_registration_only_the_counts_are_reloaded(
+    app: Flask, client: FlaskClient, create_event: Callable[..., int]
+) -> None:
+    event_id = create_event(capacity=5)
+    client.get("/")
+    client.get(f"/events/{event_id}")
+
+    register(app, event_id, "Ann")
+
+    assert statements_for(app, client, f"/events/{event_id}") == 1  # counts only
+    assert statements_for(app, client, "/") == 0  # the counts were just cached
+    assert "4 of 5" in text_of(client, "/")
+
+
+# -- one's own write is visible on the next page -------------------------------------------
+def test_attendee_sees_new_seat_count_right_after_registering(
+    app: Flask, client: FlaskClient, create_event: Callable[..., int]
+) -> None:
+    event_id = create_event(capacity=2)
+    assert seats_on_list(client) == ["2 of 2"]  # warms list, counts and page output
+    client.get(f"/events/{event_id}")
+
+    html = client.get(f"/events/{event_id}").get_data(as_text=True)
+    data = {
+        "csrf_token": csrf_token_from(html),
+        "idempotency_token": re.search(r'name="idempotency_token"[^>]*value="(\w+)"', html).group(
+            1
+        ),  # type: ignore[union-attr]
+        "name": "Ann",
+        "email": "ann@example.com",
+    }
+    response = client.post(f"/events/{event_id}/register", data=data)
+    assert response.status_code == 303
+
+    assert status_of(client, response.headers["Location"]) == ("Confirmed", None)
+    assert seats_on_list(client) == ["1 of 2"]
+    assert "1 of 2" in text_of(client, f"/events/{event_id}")
+
+
+def test_cancel_promotes_and_moves_the_waitlist_without_stale_pages(
+    app: Flask, client: FlaskClient, create_event: Callable[..., int]
+) -> None:
+    event_id = create_event(capacity=1)
+    ann, ann_id = register(app, event_id, "Ann")
+    bob, _ = register(app, event_id, "Bob")
+    cid, _ = register(app, event_id, "Cid")
+    # everyone's page is cached
+    assert status_of(client, ann) == ("Confirmed", None)
+    assert status_of(client, bob) == ("Waitlisted", "1")
+    assert status_of(client, cid) == ("Waitlisted", "2")
+    assert "2 people waiting" in text_of(client, "/")
+
+    registrations.cancel(get_db(app).unit_of_work, uuid.UUID(ann_id))
+
+    assert status_of(client, ann) == ("Cancelled", None)
+    assert status_of(client, bob) == ("Confirmed", None)  # promoted by the sync handler
+    assert status_of(client, cid) == ("Waitlisted", "1")
+    assert "1 person waiting" in text_of(client, "/")
+    assert "0 of 1" in text_of(client, f"/events/{event_id}")
+
+
+def test_organiser_capacity_change_and_edit_show_at_once(
+    app: Flask, client: FlaskClient, create_event: Callable[..., int]
+) -> None:
+    event_id = create_event(capacity=1, title="Jazz night")
+    register(app, event_id, "Ann")
+    bob, _ = register(app, event_id, "Bob")
+    assert status_of(client, bob) == ("Waitlisted", "1")
+    assert "Jazz night" in text_of(client, "/")
+    client.get(f"/events/{event_id}")
+
+    uow = get_db(app).unit_of_work
+    event_service.change_capacity(uow, event_id, 3)
+    assert "1 of 3" in text_of(client, f"/events/{event_id}")
+    assert status_of(client, bob) == ("Confirmed", None)
+
+    event_service.update_event(
+        uow,
+        event_id,
+        event_service.EventDetails(
+            "Blues night", "Moved", "Cellar", datetime.now(UTC) + timedelta(days=2)
+        ),
+    )
+    assert "Blues night" in text_of(client, "/")
+    assert "Cellar" in text_of(client, f"/events/{event_id}")
+    assert "Blues night" in text_of(client, bob)
+
+
+def test_new_event_appears_on_the_cached_list(
+    client: FlaskClient, create_event: Callable[..., int]
+) -> None:
+    create_event(title="First")
+    assert "First" in text_of(client, "/")
+    create_event(title="Second")
+    assert "Second" in text_of(client, "/")
+
+
+# -- output cache of the event list --------------------------------------------------------
+def test_event_list_output_is_cached_per_htmx_variant(
+    app: Flask, client: FlaskClient, create_event: Callable[..., int]
+) -> None:
+    create_event(title="Gala")
+    first = client.get("/")
+    again = client.get("/")
+    partial = client.get("/", headers={"HX-Request": "true"})
+
+    assert (first.headers["X-Cache"], again.headers["X-Cache"]) == ("MISS", "HIT")
+    assert partial.headers["X-Cache"] == "MISS"  # its own key
+    for response in (first, again, partial):
+        assert "HX-Request" in response.headers["Vary"]
+    assert again.get_data(as_text=True).count("Gala") == first.get_data(as_text=True).count("Gala")
+    assert sorted(k.rsplit(":", 1)[1] for k in cached_pages(app)) == ["full", "hx"]
+
+
+def test_cached_list_page_carries_each_visitors_own_csrf_token(
+    app: Flask, create_event: Callable[..., int]
+) -> None:
+    event_id = create_event(capacity=3)
+    ann, bob = app.test_client(), app.test_client()
+    ann_token = csrf_token_from(ann.get("/").get_data(as_text=True))
+    bob_page = bob.get("/")
+    bob_token = csrf_token_from(bob_page.get_data(as_text=True))
+
+    assert bob_page.headers["X-Cache"] == "HIT"
+    assert ann_token != bob_token
+    form = bob.get(f"/events/{event_id}").get_data(as_text=True)
+    idem = re.search(r'name="idempotency_token"[^>]*value="(\w+)"', form).group(1)  # type: ignore[union-attr]
+    posted = bob.post(
+        f"/events/{event_id}/register",
+        data={"name": "Bob", "email": "bob@example.com", "idempotency_token": idem},
+        headers={"X-CSRFToken": bob_token},  # the token of the cached list page works
+    )
+    assert posted.status_code == 303
+
+
+def test_pages_with_a_flashed_message_are_neither_served_nor_stored(
+    client: FlaskClient, app: Flask, create_event: Callable[..., int]
+) -> None:
+    create_event()
+    client.get("/")  # cached
+    with client.session_transaction() as session:
+        session["_flashes"] = [("success", "Your registration is cancelled.")]
+
+    personal = client.get("/")
+    assert personal.headers["X-Cache"] == "BYPASS"
+    assert "Your registration is cancelled." in personal.get_data(as_text=True)
+
+    other = app.test_client().get("/")
+    assert other.headers["X-Cache"] == "HIT"
+    assert "Your registration is cancelled." not in other.get_data(as_text=True)
+
+
+def test_personal_pages_are_never_output_cached(
+    app: Flask, client: FlaskClient, create_event: Callable[..., int]
+) -> None:
+    event_id = create_event(capacity=1)
+    status, _ = register(app, event_id, "Ann")
+    for _ in range(2):
+        response = client.get(status)
+        assert "X-Cache" not in response.headers
+        assert response.headers["Cache-Control"] == "no-store"
+    client.get(f"/events/{event_id}")
+    assert cached_pages(app) == []
+
+
+# -- switched off ------------------------------------------------------------------------
+def test_cache_enabled_false_reads_the_database_every_time(db_url: str, redis_url: str) -> None:
+    app = make_app(db_url, redis_url, CACHE_ENABLED=False)
+    try:
+        client = app.test_client()
+        with app.app_context():
+            from webapp.services.events import EventDetails, create_event
+
+            event_id = create_event(
+                get_db(app).unit_of_work,
+                EventDetails("Solo", "", "", datetime.now(UTC) + timedelta(days=1)),
+                2,
+            )
+        for _ in range(2):
+            assert statements_for(app, client, "/") == 1
+            assert statements_for(app, client, f"/events/{event_id}") == 1
+        register(app, event_id, "Ann")
+        assert "1 of 2" in text_of(client, "/")
+        assert client.get("/").headers["X-Cache"] == "BYPASS"
+        assert redis.Redis.from_url(next_redis_db(redis_url)).dbsize() == 0
+    finally:
+        get_db(app).engine.dispose()
+
+
+def test_warming_at_start_fills_the_list_and_the_hottest_events(
+    db_url: str, redis_url: str
+) -> None:
+    seed = make_app(db_url, redis_url)
+    uow = get_db(seed).unit_of_work
+    start = datetime.now(UTC) + timedelta(days=3)
+    ids = [
+        event_service.create_event(uow, event_service.EventDetails(f"E{i}", "", "", start), 5)
+        for i in range(3)
+    ]
+    register(seed, ids[2], "Ann")
+    get_db(seed).engine.dispose()
+
+    app = make_app(db_url, redis_url, CACHE_WARM=True)
+    try:
+        warmer = app.extensions["les.cache_warmer"]
+        assert warmer.wait_idle(10) and warmer.runs >= 1
+        client = app.test_client()
+        with sql_statements(app) as seen:
+            assert client.get(f"/events/{ids[2]}").status_code == 200
+            assert client.get("/").status_code == 200
+        assert seen == []
+    finally:
+        get_db(app).engine.dispose()
