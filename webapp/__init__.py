@@ -43,6 +43,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["RATELIMIT_ENABLED"] = settings["RATELIMIT_ENABLED"]
 
     init_db(app)
+    from webapp.adapters import query_stats
+
+    query_stats.init_app(app)  # SQL timings of this process, aggregated in Redis
     from webapp.services import read_model
 
     read_model.init_app(app)  # the read cache, its invalidation and warming

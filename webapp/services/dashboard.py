@@ -8,7 +8,7 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -184,3 +184,57 @@ def audit_log(page: int = 1) -> tuple[list[dict[str, Any]], int, int]:
         pages = max(math.ceil(q.audit_count(conn) / PAGE_SIZE), 1)
         page = min(max(page, 1), pages)
         return q.audit_entries(conn, (page - 1) * PAGE_SIZE, PAGE_SIZE), page, pages
+
+
+# -- cache ---------------------------------------------------------------------------------
+REGION_LABELS = {
+    "event_details": "Event details",
+    "user_information": "Attendee information",
+    "waitlist_positions": "Waitlist positions",
+    "registration_counts": "Registration counts",
+    "page_output": "Page output",
+}
+
+
+def cache_regions() -> list[dict[str, Any]]:
+    """Hit rates per cache region: last 5 minutes and since start (the cache layer's
+    shared counters, the same increments Prometheus exports)."""
+    from webapp.adapters.cache import cache_stats
+
+    rows = []
+    for region, entry in cache_stats(current_app).items():
+        rows.append({"region": region, "label": REGION_LABELS.get(region, region), **entry})
+    return rows
+
+
+# -- query timings -------------------------------------------------------------------------
+WINDOWS = (1, 5, 15, 60)
+
+
+@dataclass
+class QueryTimings:
+    window: int
+    sort: str
+    statements: list[Any]
+    slow: list[dict[str, Any]]
+    slow_ms: float
+    error: str | None = None
+
+
+def query_timings(window: int = 5, sort: str = "total") -> QueryTimings:
+    from webapp.adapters import query_stats
+
+    window = window if window in WINDOWS else 5
+    sort = sort if sort in query_stats.SORTS else "total"
+    slow_ms = float(current_app.config.get("SLOW_QUERY_MS", 100.0))
+    result = QueryTimings(window, sort, [], [], slow_ms)
+    query_stats.flush_query_stats()  # this process's latest statements count too
+    try:
+        client = _redis()
+        result.statements = query_stats.query_report(client, window, sort)
+        result.slow = query_stats.slow_queries(client)
+    except redis.RedisError as error:
+        result.error = f"Redis is unreachable ({type(error).__name__}): no timings to show."
+    for entry in result.slow:
+        entry["at_dt"] = datetime.fromtimestamp(entry["at"], UTC)
+    return result

@@ -205,3 +205,21 @@ def audit() -> ViewResult:
     entries, page, pages = dashboard.audit_log(_page_arg())
     template = "operator/_audit.html" if _htmx() else "operator/audit.html"
     return render_template(template, entries=entries, page=page, pages=pages)
+
+
+@bp.get("/cache")
+@staff_required
+def cache() -> ViewResult:
+    regions = dashboard.cache_regions()
+    template = "operator/_cache.html" if _htmx() else "operator/cache.html"
+    return render_template(template, regions=regions)
+
+
+@bp.get("/queries")
+@staff_required
+def queries() -> ViewResult:
+    window_raw = request.args.get("window", "5")
+    window = int(window_raw) if window_raw.isdigit() and len(window_raw) < 4 else 5
+    data = dashboard.query_timings(window, request.args.get("sort", "total"))
+    template = "operator/_queries.html" if _htmx() else "operator/queries.html"
+    return render_template(template, t=data, windows=dashboard.WINDOWS)
