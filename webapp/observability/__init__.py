@@ -61,7 +61,7 @@ def init_app(app: Flask) -> None:
         tracing.instrument_engine(db.engine)
         if collectors.count_promotions not in db.after_commit:
             db.after_commit.append(collectors.count_promotions)
-        gauges = collectors.BusinessGauges(db.engine)
+        gauges = collectors.BusinessGauges(db.engine, str(config.get("REDIS_URL") or ""))
     app.extensions["les.business_gauges"] = gauges
     tracing.instrument_flask(app)
     _request_ids(app)

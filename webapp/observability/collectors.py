@@ -11,10 +11,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, event, func, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.pool import Pool
 
-from webapp.adapters.tables import events, metadata, outbox_messages
+from webapp.adapters.tables import events, metadata
 from webapp.domain.messages import RegistrationPromoted
 from webapp.observability.metrics import (
     DB_POOL_IN_USE,
@@ -22,6 +22,7 @@ from webapp.observability.metrics import (
     DB_POOL_WAIT_SECONDS,
     DB_STATEMENT_SECONDS,
     EVENT_POPULARITY,
+    HEARTBEAT_TIMESTAMP,
     OUTBOX_MESSAGES,
     OUTBOX_OLDEST_PENDING_SECONDS,
     PROMOTIONS,
@@ -152,8 +153,16 @@ class BusinessGauges:
     """Outbox backlog and top-N event gauges, read with a few cheap queries when
     ``/metrics`` is scraped (at most every ``min_interval`` seconds per process)."""
 
-    def __init__(self, engine: Engine, top_n: int = 10, min_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        redis_url: str | None = None,
+        top_n: int = 10,
+        min_interval: float = 5.0,
+    ) -> None:
         self.engine = engine
+        self.redis_url = redis_url
+        self._redis: Any = None
         self.top_n = top_n
         self.min_interval = min_interval
         self._last = 0.0
@@ -175,15 +184,8 @@ class BusinessGauges:
         return True
 
     def _refresh(self) -> None:
-        o = outbox_messages.c
-        live = and_(o.ProcessedAt.is_(None), o.DeadLetteredAt.is_(None), o.ArchivedAt.is_(None))
-        dead = and_(o.DeadLetteredAt.is_not(None), o.ArchivedAt.is_(None), o.ProcessedAt.is_(None))
-        outbox_query = select(
-            func.coalesce(func.sum(case((and_(live, o.RetryCount == 0), 1), else_=0)), 0),
-            func.coalesce(func.sum(case((and_(live, o.RetryCount > 0), 1), else_=0)), 0),
-            func.coalesce(func.sum(case((dead, 1), else_=0)), 0),
-            func.min(case((live, o.CreatedAt), else_=None)),
-        ).where(o.ProcessedAt.is_(None))
+        from webapp.adapters.outbox_relay import backlog
+
         e = events.c
         waitlists = (
             select(e.Id, e.WaitlistCount)
@@ -199,20 +201,33 @@ class BusinessGauges:
             .limit(self.top_n)
         )
         with self.engine.connect() as conn:
-            pending, retrying, dead_count, oldest = conn.execute(outbox_query).one()
+            # the same figures the relay publishes, measured independently of it
+            figures = backlog(conn, datetime.now(UTC))
             waitlist_rows = conn.execute(waitlists).all()
             popular_rows = conn.execute(popular).all()
-        OUTBOX_MESSAGES.labels(state="pending").set(pending)
-        OUTBOX_MESSAGES.labels(state="retrying").set(retrying)
-        OUTBOX_MESSAGES.labels(state="dead").set(dead_count)
-        age = 0.0
-        if oldest is not None:
-            if oldest.tzinfo is None:
-                oldest = oldest.replace(tzinfo=UTC)
-            age = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
-        OUTBOX_OLDEST_PENDING_SECONDS.set(age)
+        for state in ("pending", "retrying", "dead"):
+            OUTBOX_MESSAGES.labels(state=state).set(figures[state])
+        OUTBOX_OLDEST_PENDING_SECONDS.set(max(0.0, figures["oldest_pending_age_seconds"]))
         self._set_top(WAITLIST_LENGTH, "waitlist", waitlist_rows)
         self._set_top(EVENT_POPULARITY, "popularity", popular_rows)
+        if self.redis_url:
+            self._heartbeats()
+
+    def _heartbeats(self) -> None:
+        """The relay's and workers' last beats as Redis saw them: when a process dies
+        its own /metrics goes silent, but this series keeps the (aging) timestamp."""
+        import redis
+
+        from webapp.adapters import heartbeats
+
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(
+                self.redis_url, socket_timeout=1, socket_connect_timeout=1
+            )
+        for kind in ("relay", "worker"):
+            last = heartbeats.last_beat(self._redis, kind)
+            if last is not None:
+                HEARTBEAT_TIMESTAMP.labels(process=kind).set(last)
 
     def _set_top(self, gauge: Any, kind: str, rows: list[Any]) -> None:
         values = {str(event_id): float(value) for event_id, value in rows}
