@@ -11,12 +11,10 @@ from webapp.extensions import uow
 
 
 def init_app(app: Flask) -> None:
+    from webapp.services.staff import users_group
+
     app.cli.add_command(db_group)
     app.cli.add_command(seed_command)
-    try:
-        from webapp.services.staff import users_group
-    except ModuleNotFoundError:  # pragma: no cover - during bootstrap only
-        return
     app.cli.add_command(users_group)
 
 
