@@ -1,8 +1,11 @@
 """Staff sign-in for tests: ``login_as("viewer")`` / ``login_as("operator")``.
 
-Import the fixture into a test module (it is not in the shared conftest)::
+Import the fixture into a test module (it is not in the shared conftest). Import it
+as ``login_as_fixture`` (the fixture is still called ``login_as``): importing the
+name ``login_as`` itself makes ruff report F811 on every test parameter.
+::
 
-    from tests.integration.staff_fixtures import login_as  # noqa: F401
+    from tests.integration.staff_fixtures import login_as_fixture  # noqa: F401
 
     def test_something(client, login_as):
         user = login_as("operator")          # signs ``client`` in through /login
@@ -42,8 +45,8 @@ def sign_in(client: FlaskClient, email: str, password: str = STAFF_PASSWORD) -> 
     assert response.status_code == 302, response.text
 
 
-@pytest.fixture
-def login_as(app: Flask, client: FlaskClient) -> LoginAs:
+@pytest.fixture(name="login_as")
+def login_as_fixture(app: Flask, client: FlaskClient) -> LoginAs:
     """Factory: create a staff account with ``role`` and sign ``client`` in with it."""
     numbers = itertools.count(1)
 
@@ -60,3 +63,7 @@ def login_as(app: Flask, client: FlaskClient) -> LoginAs:
         return user
 
     return login
+
+
+#: the same fixture under its own name (for ``from ... import login_as``)
+login_as = login_as_fixture

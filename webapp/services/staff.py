@@ -21,6 +21,7 @@ from functools import lru_cache
 import click
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from flask.cli import AppGroup
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
@@ -318,9 +319,8 @@ def ensure_admin(email: str, name: str, *, engine: Engine | None = None) -> str 
 
 
 # -- ``flask users`` -----------------------------------------------------------------------
-@click.group("users")
-def users_group() -> None:
-    """Staff accounts of the admin pages."""
+#: an AppGroup, so each command runs inside the app context
+users_group = AppGroup("users", help="Staff accounts of the admin pages.")
 
 
 @users_group.command("create")
