@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +45,18 @@ def _prepare(env: dict[str, str]) -> str | None:
         return ensure_admin(ADMIN_EMAIL, "Admin")
 
 
+def _wait_until_listening(bind: str, web: subprocess.Popen[bytes], timeout: float) -> bool:
+    host, _, port = bind.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and web.poll() is None:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
 def main() -> int:
     VAR.mkdir(exist_ok=True)
     env = dict(os.environ)
@@ -73,7 +86,11 @@ def main() -> int:
     processes = {
         name: subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env) for name, cmd in commands.items()
     }
-    time.sleep(1.5)
+    if not _wait_until_listening(bind, processes["web"], timeout=60):
+        print("the web server did not start; stopping", file=sys.stderr)
+        for process in processes.values():
+            process.terminate()
+        return 1
     print("\n" + "=" * 68)
     print(f"  Live Event Service: http://{bind}/")
     print(f"  Admin sign-in:      http://{bind}/login")
