@@ -1,0 +1,833 @@
+"""``make bench``: seed PostgreSQL, start gunicorn + relay + worker on loopback, drive
+the scenarios from a separate load-generator process, run the baseline build and a raw
+pgbench of the registration transaction, check correctness, and write
+``bench/results/<timestamp>.json`` and ``docs/PERFORMANCE.md``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+import redis
+
+from bench import report
+from bench.seed import Seeded, SeedPlan, seed, seed_dead_letters
+from bench.stack import ROOT, Stack, WebSettings, metric_delta, wait_for
+from bench.stats import summarize
+
+ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DB_NAME = os.environ.get("BENCH_DB_NAME", "les_bench")
+REDIS_BASE = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
+REDIS_DB, CACHE_DB = 10, 11  # dedicated numbers: only these two are ever flushed
+SECRET_KEY = "bench-secret-key-not-for-production-0123456789"  # noqa: S105
+METRICS_TOKEN = "bench-metrics-token"  # noqa: S105
+
+READ_SCENARIOS = ("event_list", "event_detail")
+WRITE_SCENARIOS = ("register_free", "register_full", "hot_event", "cancel_promotion")
+#: run order: reads first, the paced background-latency run before the cancellations
+#: (whose waitlist fan-out keeps the worker busy long after the scenario)
+ALL_SCENARIOS = (
+    "event_list",
+    "event_detail",
+    "read_mix",
+    "register_free",
+    "background",
+    "hot_event",
+    "register_full",
+    "cancel_promotion",
+)
+
+
+@dataclass
+class Options:
+    quick: bool = False
+    duration: float = 6.0
+    warmup: float = 1.0
+    concurrencies: tuple[int, ...] = (1, 8, 32)
+    scenarios: tuple[str, ...] = ALL_SCENARIOS
+    baseline_scenarios: tuple[str, ...] = ("event_list", "event_detail", "register_free")
+    baseline_concurrencies: tuple[int, ...] = (1, 32)
+    background_rate: float = 500.0
+    background_duration: float = 8.0
+    pgbench_duration: float = 8.0
+    dead_letters: int = 100_000
+    #: longest wait for the outbox backlog after a scenario / at the end
+    settle_s: float = 15.0
+    drain_s: float = 60.0
+    web: WebSettings = field(default_factory=WebSettings)
+    baseline: bool = True
+    pgbench: bool = True
+    profile: str | None = None
+    seed_plan: SeedPlan = field(default_factory=SeedPlan)
+
+    @classmethod
+    def parse(cls, argv: list[str] | None = None) -> Options:
+        p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+        p.add_argument("--quick", action="store_true", help="short runs (< 2 minutes)")
+        p.add_argument("--duration", type=float, help="seconds per scenario and concurrency")
+        p.add_argument("--concurrency", type=str, help="comma-separated, default 1,8,32")
+        p.add_argument("--scenarios", type=str, help=f"subset of {','.join(ALL_SCENARIOS)}")
+        p.add_argument("--worker-class", default=None, help="gunicorn worker class")
+        p.add_argument("--workers", type=int, default=None)
+        p.add_argument("--threads", type=int, default=None)
+        p.add_argument("--no-baseline", action="store_true")
+        p.add_argument("--no-pgbench", action="store_true")
+        p.add_argument("--dead-letters", type=int, default=None)
+        p.add_argument(
+            "--profile", default=None, help="py-spy a web worker during this scenario (32 clients)"
+        )
+        a = p.parse_args(argv)
+        o = cls(quick=a.quick)
+        if a.quick:
+            o.duration, o.warmup = 2.0, 0.5
+            o.background_duration, o.pgbench_duration = 4.0, 3.0
+            o.baseline_scenarios = ("event_detail", "register_free")
+            o.baseline_concurrencies = (32,)
+            o.settle_s, o.drain_s = 3.0, 15.0
+        if a.duration:
+            o.duration = a.duration
+        if a.concurrency:
+            o.concurrencies = tuple(int(c) for c in a.concurrency.split(","))
+        if a.scenarios:
+            o.scenarios = tuple(s for s in a.scenarios.split(",") if s)
+            unknown = set(o.scenarios) - set(ALL_SCENARIOS)
+            if unknown:
+                p.error(f"unknown scenarios: {sorted(unknown)}")
+        if a.worker_class:
+            o.web.worker_class = a.worker_class
+        if a.workers:
+            o.web.workers = a.workers
+        if a.threads:
+            o.web.threads = a.threads
+        o.baseline = not a.no_baseline
+        o.pgbench = not a.no_pgbench
+        if a.dead_letters is not None:
+            o.dead_letters = a.dead_letters
+        o.profile = a.profile
+        return o
+
+
+def db_url(name: str = DB_NAME) -> str:
+    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def log(message: str) -> None:
+    print(f"[bench {datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+# -- database ---------------------------------------------------------------------------
+def recreate_database() -> bool:
+    """Drop and create the bench database; returns whether pg_stat_statements works."""
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    from webapp.adapters.migrate import upgrade
+
+    upgrade(db_url())
+    try:
+        with psycopg.connect(db_url(), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT pg_stat_statements_reset()")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def flush_redis() -> None:
+    for number in (REDIS_DB, CACHE_DB):
+        redis.Redis.from_url(f"{REDIS_BASE}/{number}").flushdb()
+
+
+def pg_counters(conn: psycopg.Connection[Any], statements: bool) -> dict[str, float]:
+    row = conn.execute(
+        "SELECT xact_commit + xact_rollback, tup_returned + tup_fetched, "
+        "tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = %s",
+        (DB_NAME,),
+    ).fetchone()
+    assert row is not None
+    out = {"transactions": float(row[0]), "tuples_read": float(row[1]), "tuples_written": row[2]}
+    if statements:
+        calls = conn.execute(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d "
+            "ON d.oid = s.dbid WHERE d.datname = %s",
+            (DB_NAME,),
+        ).fetchone()
+        out["statements"] = float(calls[0]) if calls else 0.0
+    return out
+
+
+# -- the run ------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, options: Options) -> None:
+        self.o = options
+        self.workdir = Path(tempfile.mkdtemp(prefix="les-bench-"))
+        self.results: dict[str, Any] = {
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "mode": "quick" if options.quick else "full",
+            "machine": machine(),
+            "settings": {
+                "duration_s": options.duration,
+                "warmup_s": options.warmup,
+                "concurrencies": list(options.concurrencies),
+                "web": asdict(options.web) | {"description": options.web.describe()},
+            },
+            "scenarios": [],
+            "baseline": {"scenarios": []},
+        }
+        self.seeded: Seeded | None = None
+        self.stat_statements = False
+        self.token_cursor = 0
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def env(self, baseline: bool) -> dict[str, str]:
+        mailbox = self.workdir / ("mailbox-baseline" if baseline else "mailbox")
+        return {
+            "ENV": "production",
+            "SECRET_KEY": SECRET_KEY,
+            "DATABASE_URL": db_url(),
+            "REDIS_URL": f"{REDIS_BASE}/{REDIS_DB}",
+            "CACHE_REDIS_URL": f"{REDIS_BASE}/{CACHE_DB}",
+            "METRICS_TOKEN": METRICS_TOKEN,
+            "PUBLIC_BASE_URL": "http://127.0.0.1",
+            "MAILBOX_DIR": str(mailbox),
+            "SMTP_HOST": "",
+            # the load comes from one address: limits far above the offered load
+            "RATELIMIT_REGISTRATION": "10000000 per minute",
+            "RATELIMIT_LOGIN": "10000000 per minute",
+            "CACHE_ENABLED": "false" if baseline else "true",
+            "OUTBOX_SYNC_HANDLERS": "true" if baseline else "false",
+            "OTEL_SDK_DISABLED": os.environ.get("OTEL_SDK_DISABLED", "true"),
+        }
+
+    # -- scenario plumbing ------------------------------------------------------------------
+    def spec(self, scenario: str, concurrency: int, stage: str) -> dict[str, Any]:
+        s = self.seeded
+        assert s is not None
+        spec: dict[str, Any] = {
+            "scenario": scenario,
+            "concurrency": concurrency,
+            "duration": self.o.duration,
+            "warmup": self.o.warmup,
+            "email_prefix": f"{stage[0]}{scenario[:3]}{concurrency}x{int(time.time()) % 100000}",
+            "seed": concurrency,
+        }
+        if scenario == "event_list":
+            spec["event_ids"] = [0]
+        elif scenario == "event_detail":
+            spec["event_ids"] = s.open_ids + s.full_ids + s.mid_ids
+        elif scenario in ("register_free", "background"):
+            spec["event_ids"] = s.open_ids
+        elif scenario == "register_full":
+            spec["event_ids"] = s.full_ids
+        elif scenario == "hot_event":
+            index = self.o.concurrencies.index(concurrency) if stage == "main" else -1
+            spec["event_ids"] = [s.hot_ids[index % len(s.hot_ids)]]
+        elif scenario == "cancel_promotion":
+            from webapp.services.status_links import make_token
+
+            budget = len(s.cancellable) // max(len(self.o.concurrencies), 1)
+            ids = s.cancellable[self.token_cursor : self.token_cursor + budget]
+            self.token_cursor += len(ids)
+            spec["tokens"] = [make_token(SECRET_KEY, i) for i in ids]
+        elif scenario == "read_mix":
+            spec["event_ids"] = s.open_ids + s.mid_ids + s.full_ids[:10]
+            spec["write_event_ids"] = s.open_ids
+        return spec
+
+    def run_scenario(self, stack: Stack, scenario: str, concurrency: int, stage: str) -> dict:
+        assert self.conn is not None
+        spec = self.spec(scenario, concurrency, stage) | {"port": stack.port}
+        before_metrics = stack.metrics()
+        before_pg = pg_counters(self.conn, self.stat_statements)
+        before_cpu = stack.cpu_seconds()
+        profiler = self.start_profiler(stack, scenario, concurrency)
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.loadgen"],
+            input=json.dumps(spec).encode(),
+            capture_output=True,
+            cwd=ROOT,
+            timeout=spec["duration"] + spec["warmup"] + 60,
+            check=False,
+        )
+        wall = time.perf_counter() - started
+        if profiler is not None:
+            profiler.wait(timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"load generator failed: {proc.stderr.decode()[-2000:]}")
+        result: dict[str, Any] = json.loads(proc.stdout)
+        after_cpu = stack.cpu_seconds()
+        after_pg = pg_counters(self.conn, self.stat_statements)
+        after_metrics = stack.metrics()
+        requests = max(result["requests"], 1)
+        # server-side CPU share over the whole loadgen run (warmup included)
+        result["server_cpu_share"] = {
+            role: round((after_cpu.get(role, 0) - before_cpu.get(role, 0)) / wall, 3)
+            for role in after_cpu
+        }
+        result["db_transactions_per_request"] = round(
+            (after_pg["transactions"] - before_pg["transactions"]) / requests, 2
+        )
+        if self.stat_statements:
+            result["sql_statements_per_request_all_processes"] = round(
+                (after_pg["statements"] - before_pg["statements"]) / requests, 2
+            )
+        statements = metric_delta(
+            before_metrics, after_metrics, "les_db_statement_duration_seconds_count"
+        )
+        if statements is not None:
+            result["sql_statements_per_request_web"] = round(statements / requests, 2)
+        hits = metric_delta(before_metrics, after_metrics, "les_cache_requests_total", result="hit")
+        misses = metric_delta(
+            before_metrics, after_metrics, "les_cache_requests_total", result="miss"
+        )
+        cache_errors = metric_delta(
+            before_metrics, after_metrics, "les_cache_requests_total", result="error"
+        )
+        if hits is not None and misses is not None:
+            lookups = hits + misses + (cache_errors or 0)
+            result["cache"] = {
+                "hits": hits,
+                "misses": misses,
+                "errors": cache_errors,
+                "hit_rate": round(hits / lookups, 4) if lookups else None,
+            }
+        result["stage"] = stage
+        log(
+            f"{stage} {scenario} c={concurrency}: {result['requests_per_s']} req/s, "
+            f"{result['ops_per_s']} ops/s, errors={result['errors']} "
+            f"{primary_latency(result)} loadgen cpu={result['loadgen_cpu_share']}"
+        )
+        if result["errors"]:
+            log(f"  error samples: {result['error_samples'][:3]}")
+        return result
+
+    def start_profiler(
+        self, stack: Stack, scenario: str, concurrency: int
+    ) -> subprocess.Popen[bytes] | None:
+        if self.o.profile != scenario or concurrency != max(self.o.concurrencies):
+            return None
+        pids = stack.pids("web")
+        if len(pids) < 2:
+            return None
+        out = ROOT / "bench" / "results" / f"profile-{scenario}-{int(time.time())}.txt"
+        log(f"py-spy recording web worker {pids[1]} -> {out}")
+        return subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(pids[1]),
+                "--duration",
+                str(int(self.o.duration + self.o.warmup)),
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    # -- stages -----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        log(f"workdir {self.workdir}")
+        self.stat_statements = recreate_database()
+        flush_redis()
+        self.seeded = seed(db_url(), self.o.seed_plan, random.Random(42))
+        self.results["seed"] = self.seeded.summary()
+        log(f"seeded {self.results['seed']}")
+        self.conn = psycopg.connect(db_url(), autocommit=True)
+        self.results["statements_probe"] = statements_probe(self.env(False), self.seeded)
+        log(f"SQL statements per request (in-process probe): {self.results['statements_probe']}")
+
+        stack = Stack("main", self.env(False), self.workdir, self.o.web)
+        stack.start()
+        try:
+            for scenario in self.o.scenarios:
+                if scenario == "background":
+                    self.results["background"] = self.background(stack)
+                    continue
+                for concurrency in self.o.concurrencies:
+                    result = self.run_scenario(stack, scenario, concurrency, "main")
+                    if scenario == "hot_event":
+                        result["overbooking"] = self.overbooking(result)
+                    result["outbox_after"] = self.settle(self.o.settle_s)
+                    self.results["scenarios"].append(result)
+            self.results["worker_throughput"] = self.worker_throughput()
+            self.results["correctness"] = self.correctness(stack, baseline=False)
+            self.results["peak_rss_mb"] = stack.peak_rss
+        finally:
+            stack.stop()
+        log(f"main stage done after {time.perf_counter() - t0:.0f}s")
+
+        if self.o.baseline:
+            self.results["baseline"] = self.baseline()
+        self.results["dead_letters"] = self.dead_letter_scale()
+        if self.o.pgbench:
+            self.results["pgbench"] = self.pgbench()
+        self.results["ratios"] = report.ratios(self.results)
+        self.results["targets"] = report.evaluate_targets(self.results)
+        self.results["total_seconds"] = round(time.perf_counter() - t0, 1)
+        self.conn.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return self.results
+
+    def overbooking(self, result: dict[str, Any]) -> dict[str, Any]:
+        assert self.conn is not None and self.seeded is not None
+        rows = self.conn.execute(
+            'SELECT e."Id", e."Capacity", e."ConfirmedCount", e."WaitlistCount", '
+            '(SELECT count(*) FROM "EventRegistrations" r WHERE r."EventId" = e."Id" '
+            'AND r."Status" = \'Confirmed\') FROM "Events" e WHERE e."Id" = ANY(%s)',
+            (self.seeded.hot_ids,),
+        ).fetchall()
+        over = [r[0] for r in rows if r[2] > r[1] or r[4] > r[1]]
+        return {"overbooked_events": over, "events": [list(r) for r in rows]}
+
+    def background(self, stack: Stack) -> dict[str, Any]:
+        """Paced registrations (target rate), then commit -> handler done per message."""
+        assert self.conn is not None
+        since = self.conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        spec = self.spec("background", 32, "main") | {
+            "port": stack.port,
+            "rate": self.o.background_rate,
+            "duration": self.o.background_duration,
+            "warmup": 0,
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.loadgen"],
+            input=json.dumps(spec).encode(),
+            capture_output=True,
+            cwd=ROOT,
+            timeout=spec["duration"] + 60,
+            check=True,
+        )
+        load = json.loads(proc.stdout)
+        drained = wait_for(lambda: self.pending(since) == 0, timeout=90)
+        rows = self.conn.execute(
+            'SELECT "Type", extract(epoch FROM ("ProcessedAt" - "CreatedAt")) '
+            'FROM "OutboxMessages" WHERE "CreatedAt" >= %s AND "ProcessedAt" IS NOT NULL',
+            (since,),
+        ).fetchall()
+        inbox = self.conn.execute(
+            'SELECT extract(epoch FROM (p."ProcessedAt" - m."CreatedAt")) FROM '
+            '"ProcessedMessages" p JOIN "OutboxMessages" m ON m."Id" = p."MessageId" '
+            'WHERE m."CreatedAt" >= %s',
+            (since,),
+        ).fetchall()
+        by_type: dict[str, list[float]] = {}
+        for kind, seconds in rows:
+            by_type.setdefault(kind, []).append(float(seconds))
+        every = [float(s) for _, s in rows]
+        result = {
+            "target_rate_per_s": self.o.background_rate,
+            "achieved_registrations_per_s": load["ops_per_s"],
+            "load_errors": load["errors"],
+            "load_error_samples": load["error_samples"][:3],
+            "post_latency_ms": load["latency_ms"].get("post"),
+            "drained": drained,
+            "pending_after_wait": self.pending(since),
+            "messages": len(every),
+            "commit_to_done_ms": summarize(every),
+            "commit_to_handler_done_ms_inbox": summarize(float(r[0]) for r in inbox),
+            "by_type_ms": {k: summarize(v) for k, v in sorted(by_type.items())},
+        }
+        log(
+            f"background: {load['ops_per_s']} reg/s (target {self.o.background_rate}), "
+            f"commit->done {result['commit_to_done_ms']}"
+        )
+        return result
+
+    def settle(self, limit: float) -> dict[str, Any]:
+        """Let the relay and worker catch up (bounded) so the next scenario starts quiet;
+        records the backlog left by this one and how long it took to drain."""
+        backlog = self.pending()
+        started = time.perf_counter()
+        drained = wait_for(lambda: self.pending() == 0, timeout=limit) if backlog else True
+        return {
+            "pending_at_end": backlog,
+            "drained": drained,
+            "pending_after_wait": 0 if drained else self.pending(),
+            "wait_s": round(time.perf_counter() - started, 2),
+        }
+
+    def worker_throughput(self) -> dict[str, Any]:
+        """Handler runs and mails per second over the whole run, from the inbox rows."""
+        assert self.conn is not None
+        row = self.conn.execute(
+            'SELECT count(*), extract(epoch FROM max("ProcessedAt") - min("ProcessedAt")) '
+            'FROM "ProcessedMessages"'
+        ).fetchone()
+        assert row is not None
+        runs, span = int(row[0]), float(row[1] or 0)
+        return {
+            "handler_runs": runs,
+            "span_s": round(span, 1),
+            "handler_runs_per_s": round(runs / span, 1) if span else None,
+        }
+
+    def pending(self, since: Any = None) -> int:
+        assert self.conn is not None
+        query = (
+            'SELECT count(*) FROM "OutboxMessages" WHERE "ProcessedAt" IS NULL '
+            'AND "DeadLetteredAt" IS NULL AND "ArchivedAt" IS NULL'
+        )
+        params: tuple[Any, ...] = ()
+        if since is not None:
+            query += ' AND "CreatedAt" >= %s'
+            params = (since,)
+        row = self.conn.execute(query, params).fetchone()
+        return int(row[0]) if row else 0
+
+    def correctness(self, stack: Stack | None, baseline: bool) -> dict[str, Any]:
+        assert self.conn is not None
+        drained = wait_for(lambda: self.pending() == 0, timeout=self.o.drain_s)
+        c = self.conn
+        over = c.execute(
+            'SELECT count(*) FROM "Events" e WHERE e."ConfirmedCount" > e."Capacity" OR '
+            '(SELECT count(*) FROM "EventRegistrations" r WHERE r."EventId" = e."Id" '
+            'AND r."Status" = \'Confirmed\') > e."Capacity"'
+        ).fetchone()[0]  # type: ignore[index]
+        counters_off = c.execute(
+            'SELECT count(*) FROM "Events" e LEFT JOIN (SELECT "EventId", '
+            "count(*) FILTER (WHERE \"Status\" = 'Confirmed') AS conf, "
+            "count(*) FILTER (WHERE \"Status\" = 'Waitlisted') AS wait "
+            'FROM "EventRegistrations" GROUP BY "EventId") r ON r."EventId" = e."Id" '
+            'WHERE coalesce(r.conf, 0) <> e."ConfirmedCount" '
+            'OR coalesce(r.wait, 0) <> e."WaitlistCount"'
+        ).fetchone()[0]  # type: ignore[index]
+        duplicates = c.execute(
+            'SELECT count(*) FROM (SELECT 1 FROM "EventRegistrations" '
+            'WHERE "Status" <> \'Cancelled\' GROUP BY "EventId", "UserId" '
+            "HAVING count(*) > 1) d"
+        ).fetchone()[0]  # type: ignore[index]
+        seats_wasted = c.execute(
+            'SELECT count(*) FROM "Events" WHERE "ConfirmedCount" < "Capacity" '
+            'AND "WaitlistCount" > 0'
+        ).fetchone()[0]  # type: ignore[index]
+        outbox = dict(
+            c.execute(
+                "SELECT CASE WHEN \"ProcessedAt\" IS NOT NULL THEN 'processed' "
+                "WHEN \"DeadLetteredAt\" IS NOT NULL THEN 'dead' ELSE 'pending' END, count(*) "
+                'FROM "OutboxMessages" GROUP BY 1'
+            ).fetchall()
+        )
+        mailbox = self.workdir / ("mailbox-baseline" if baseline else "mailbox")
+        mails = len(list(mailbox.glob("*.eml"))) if mailbox.exists() else 0
+        expected = expected_mails(c)
+        result = {
+            "outbox_drained": drained,
+            "events_over_capacity": over,
+            "events_with_counter_mismatch": counters_off,
+            "duplicate_active_registrations": duplicates,
+            "free_seats_with_waitlist": seats_wasted,
+            "outbox": outbox,
+            "mails_written": mails,
+            "mails_expected": expected,
+        }
+        result["ok"] = (
+            drained
+            and over == 0
+            and counters_off == 0
+            and duplicates == 0
+            and seats_wasted == 0
+            and outbox.get("pending", 0) == 0
+            and (expected is None or mails == expected["total"])
+        )
+        log(f"correctness ({'baseline' if baseline else 'main'}): {result}")
+        return result
+
+    def baseline(self) -> dict[str, Any]:
+        """The same app with caching off and every handler run inline (synchronously)."""
+        assert self.conn is not None
+        log("baseline build: CACHE_ENABLED=false, OUTBOX_SYNC_HANDLERS=true")
+        stack = Stack("baseline", self.env(True), self.workdir, self.o.web)
+        stack.start()
+        out: dict[str, Any] = {"scenarios": []}
+        try:
+            for scenario in self.o.baseline_scenarios:
+                for concurrency in self.o.baseline_concurrencies:
+                    out["scenarios"].append(
+                        self.run_scenario(stack, scenario, concurrency, "baseline")
+                    )
+            out["correctness"] = self.correctness(stack, baseline=True)
+            out["peak_rss_mb"] = stack.peak_rss
+        finally:
+            stack.stop()
+        return out
+
+    def dead_letter_scale(self) -> dict[str, Any]:
+        assert self.seeded is not None
+        count = self.o.dead_letters
+        seconds = seed_dead_letters(db_url(), count, self.seeded.open_ids + self.seeded.full_ids)
+        log(f"seeded {count} dead letters in {seconds:.1f}s")
+        return {"dead_letters": count, "seed_seconds": round(seconds, 2)} | time_dashboard(
+            self.env(False), self.seeded
+        )
+
+    def pgbench(self) -> dict[str, Any]:
+        assert self.seeded is not None
+        out: dict[str, Any] = {"script": "bench/pgbench_register.sql", "runs": []}
+        for clients in (1, 32):
+            out["runs"].append(
+                run_pgbench(clients, self.o.pgbench_duration, self.seeded.open_ids, self.workdir)
+            )
+            log(f"pgbench c={clients}: {out['runs'][-1]}")
+        return out
+
+
+def primary_latency(result: dict[str, Any]) -> str:
+    kind = report.primary_kind(result["scenario"])
+    lat = result["latency_ms"].get(kind) or {}
+    return f"{kind} p50={lat.get('p50')} p95={lat.get('p95')} p99={lat.get('p99')} ms"
+
+
+def expected_mails(conn: psycopg.Connection[Any]) -> dict[str, int] | None:
+    """Mails the handlers recorded as done (one inbox row per mail-sending handler run
+    and per waitlist notice): compared with the files in MAILBOX_DIR."""
+    rows = conn.execute(  # per-recipient keys ("waitlist-notice/<id>") grouped
+        """SELECT split_part("Handler", '/', 1), count(*) FROM "ProcessedMessages" GROUP BY 1"""
+    ).fetchall()
+    if not rows:
+        return None
+    by_handler = {str(h): int(n) for h, n in rows}
+    mail = {
+        h: n
+        for h, n in by_handler.items()
+        if "mail" in h.lower() or h.startswith("waitlist-notice")
+    }
+    return {"total": sum(mail.values()), "by_handler": by_handler}
+
+
+def machine() -> dict[str, Any]:
+    freq = psutil.cpu_freq()
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    with psycopg.connect(ADMIN_URL) as conn:
+        pg_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    return {
+        "cpu_cores": psutil.cpu_count(logical=True),
+        "cpu_model": model,
+        "cpu_mhz": round(freq.current) if freq else None,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "postgresql": pg_version,
+        "redis": redis.Redis.from_url(f"{REDIS_BASE}/{REDIS_DB}").info()["redis_version"],
+        "os": platform.platform(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# -- in-process measurements (the web's own code, no HTTP in between) -----------------------
+def _app(env: dict[str, str]) -> Any:
+    os.environ.update(env)
+    from webapp import create_app
+
+    return create_app()
+
+
+def statements_probe(env: dict[str, str], seeded: Seeded) -> dict[str, Any]:
+    """Exact SQL statements per request of each hot page, cache cold and warm, counted
+    with a SQLAlchemy cursor hook inside the app (Flask test client, same database and
+    cache as the benchmark)."""
+    from sqlalchemy import event
+
+    from webapp.extensions import get_db
+
+    app = _app(env)
+    engine = get_db(app).engine
+    counter = {"n": 0}
+
+    def count(*_args: Any) -> None:
+        counter["n"] += 1
+
+    event.listen(engine, "before_cursor_execute", count)
+    client = app.test_client()
+    base = "https://localhost"
+    headers = {"Referer": base + "/"}
+    out: dict[str, Any] = {}
+
+    def measure(name: str, method: str, path: str, data: dict[str, str] | None = None) -> Any:
+        counter["n"] = 0
+        response = client.open(path, method=method, data=data, base_url=base, headers=headers)
+        out[name] = {"statements": counter["n"], "status": response.status_code}
+        return response
+
+    from bench.loadgen import form_fields
+
+    event_id = seeded.open_ids[-1]
+    full_id = seeded.full_ids[-1]
+    redis.Redis.from_url(env["CACHE_REDIS_URL"]).flushdb()
+    measure("event_list_cold", "GET", "/")
+    measure("event_list_warm", "GET", "/")
+    measure("event_detail_cold", "GET", f"/events/{event_id}")
+    page = measure("event_detail_warm", "GET", f"/events/{event_id}")
+    fields = form_fields(page.data)
+    fields.update(name="Probe Person", email="probe-1@bench.example.com")
+    posted = measure("register_post", "POST", f"/events/{event_id}/register", fields)
+    location = posted.headers.get("Location", "/")
+    measure("status_after_register", "GET", location)
+    measure("status_warm", "GET", location)
+    page = measure("register_full_form", "GET", f"/events/{full_id}")
+    fields = form_fields(page.data)
+    fields.update(name="Probe Person", email="probe-2@bench.example.com")
+    measure("register_post_waitlist", "POST", f"/events/{full_id}/register", fields)
+    from webapp.services.status_links import make_token
+
+    token = make_token(SECRET_KEY, seeded.cancellable.pop())  # pop: never reused by the load
+    page = measure("cancel_form", "GET", f"/registrations/{token}/cancel")
+    fields = form_fields(page.data)
+    measure("cancel_post_with_promotion", "POST", f"/registrations/{token}/cancel", fields)
+    event.remove(engine, "before_cursor_execute", count)
+    engine.dispose()
+    return out
+
+
+def time_dashboard(env: dict[str, str], seeded: Seeded) -> dict[str, Any]:
+    """Server time of the dead-letter list, filters and group counts (the dashboard's own
+    query functions), median and worst of 5 runs each."""
+    try:
+        from webapp.adapters import dashboard_queries as dq
+    except ModuleNotFoundError:
+        return {"available": False}
+    from datetime import timedelta
+
+    from webapp.extensions import get_db
+
+    app = _app(env)
+    engine = get_db(app).engine
+    today = datetime.now(UTC).date()
+    filters = {
+        "none": dq.DeadLetterFilter(),
+        "type": dq.DeadLetterFilter(type="RegistrationPromoted"),
+        "error_type": dq.DeadLetterFilter(error_type="SMTPServerDisconnected"),
+        "text": dq.DeadLetterFilter(text="dead letter 4242,"),
+        "date_range": dq.DeadLetterFilter(since=today - timedelta(days=3), until=today),
+        "event_id": dq.DeadLetterFilter(event_id=seeded.open_ids[3]),
+        "combined": dq.DeadLetterFilter(
+            type="RegistrationCreated",
+            error_type="TimeoutError",
+            since=today - timedelta(days=7),
+        ),
+    }
+    timings: dict[str, Any] = {}
+    with engine.connect() as conn:
+        fingerprint = dq.dead_letter_groups(conn, dq.DeadLetterFilter(), limit=1)[0]["Fingerprint"]
+        filters["fingerprint"] = dq.DeadLetterFilter(fingerprint=fingerprint)
+        calls: dict[str, Any] = {}
+        for name, flt in filters.items():
+            calls[f"page[{name}]"] = lambda f=flt: dq.dead_letter_page(conn, f, 0, 50)
+            calls[f"page_deep[{name}]"] = lambda f=flt: dq.dead_letter_page(conn, f, 5000, 50)
+            calls[f"count[{name}]"] = lambda f=flt: dq.dead_letter_count(conn, f)
+            calls[f"groups[{name}]"] = lambda f=flt: dq.dead_letter_groups(conn, f)
+        calls["facets[Type]"] = lambda: dq.facet_counts(conn, "Type")
+        calls["facets[ErrorType]"] = lambda: dq.facet_counts(conn, "ErrorType")
+        calls["outbox_counts"] = lambda: dq.outbox_counts(conn)
+        for name, call in calls.items():
+            samples = []
+            rows = None
+            for _ in range(5):
+                started = time.perf_counter()
+                value = call()
+                samples.append(time.perf_counter() - started)
+                rows = len(value) if isinstance(value, list | dict) else value
+            samples.sort()
+            timings[name] = {
+                "median_ms": round(samples[2] * 1000, 1),
+                "max_ms": round(samples[-1] * 1000, 1),
+                "result": rows,
+            }
+    engine.dispose()
+    worst = max(t["max_ms"] for t in timings.values())
+    slow = sorted((n for n, t in timings.items() if t["median_ms"] >= 300), key=str)
+    log(f"dashboard queries: worst {worst} ms; over 300 ms: {slow}")
+    return {"available": True, "timings": timings, "worst_ms": worst, "over_300ms": slow}
+
+
+# -- pgbench ------------------------------------------------------------------------------
+def run_pgbench(clients: int, duration: float, event_ids: list[int], workdir: Path) -> dict:
+    """The registration transaction's SQL with no Python in the way."""
+    logdir = workdir / f"pgbench-{clients}"
+    logdir.mkdir(parents=True, exist_ok=True)
+    url = psycopg.conninfo.conninfo_to_dict(db_url())
+    argv = [
+        "pgbench",
+        "-n",
+        "-h",
+        str(url.get("host", "127.0.0.1")),
+        "-p",
+        str(url.get("port", 5432)),
+        "-U",
+        str(url.get("user", "postgres")),
+        "-f",
+        str(ROOT / "bench" / "pgbench_register.sql"),
+        "-c",
+        str(clients),
+        "-j",
+        str(min(clients, 2)),
+        "-T",
+        str(max(int(duration), 1)),
+        "-M",
+        "prepared",
+        "-D",
+        f"min_event={min(event_ids)}",
+        "-D",
+        f"max_event={max(event_ids)}",
+        "-l",
+        "--log-prefix",
+        str(logdir / "log"),
+        DB_NAME,
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=workdir)
+    if proc.returncode != 0:
+        return {"clients": clients, "error": proc.stderr[-1000:]}
+    tps = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("tps =") and "without initial" in line:
+            tps = float(line.split("=")[1].split()[0])
+    latencies = []
+    for path in logdir.glob("log*"):
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3:
+                latencies.append(int(parts[2]) / 1e6)
+    failed = sum(1 for line in proc.stdout.splitlines() if "failed" in line and "0 (" not in line)
+    return {"clients": clients, "tps": tps, "latency_ms": summarize(latencies), "failed": failed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = Options.parse(argv)
+    bench = Bench(options)
+    results = bench.run()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = ROOT / "bench" / "results" / f"{stamp}{'-quick' if options.quick else ''}.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    docs = ROOT / "docs" / "PERFORMANCE.md"
+    docs.parent.mkdir(exist_ok=True)
+    docs.write_text(report.markdown(results, path.relative_to(ROOT).as_posix()))
+    log(f"wrote {path.relative_to(ROOT)} and docs/PERFORMANCE.md in {results['total_seconds']}s")
+    missed = [t for t in results["targets"] if t["met"] is False]
+    log(f"targets: {len(results['targets']) - len(missed)} met, {len(missed)} missed")
+    return 0

@@ -1,0 +1,431 @@
+"""Targets, ratios and the Markdown report (docs/PERFORMANCE.md) from a results dict.
+
+Pure functions of the results JSON, so a stored results file can be re-rendered:
+``python -c "import json,bench.report as r; print(r.markdown(json.load(open(p)), p))"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.stats import ratio
+
+#: the latency that matters per scenario: the registration/cancel POST for writes
+_PRIMARY = {
+    "event_list": "list",
+    "event_detail": "detail",
+    "register_free": "post",
+    "register_full": "post",
+    "hot_event": "post",
+    "cancel_promotion": "post",
+    "read_mix": "op:detail",
+    "background": "post",
+}
+
+
+def primary_kind(scenario: str) -> str:
+    return _PRIMARY.get(scenario, "op:" + scenario)
+
+
+def find(
+    results: dict[str, Any], scenario: str, concurrency: int, stage: str = "main"
+) -> dict[str, Any] | None:
+    pool = results.get("scenarios", []) if stage == "main" else results["baseline"]["scenarios"]
+    for row in pool:
+        if row["scenario"] == scenario and row["concurrency"] == concurrency:
+            return row
+    return None
+
+
+def _latency(row: dict[str, Any] | None, kind: str, p: str) -> float | None:
+    if row is None:
+        return None
+    value = (row.get("latency_ms", {}).get(kind) or {}).get(p)
+    return float(value) if value is not None else None
+
+
+def _posts_per_s(row: dict[str, Any] | None) -> float | None:
+    """Registration (or cancel) POSTs per second: one per completed browser flow."""
+    if row is None:
+        return None
+    return float(row["ops_per_s"])
+
+
+def _check(
+    name: str, measured: float | None, op: str, target: float, unit: str, note: str = ""
+) -> dict[str, Any]:
+    if measured is None:
+        met = None
+    elif op == ">=":
+        met = measured >= target
+    else:
+        met = measured <= target
+    return {
+        "target": name,
+        "measured": measured,
+        "op": op,
+        "threshold": target,
+        "unit": unit,
+        "met": met,
+        "note": note,
+    }
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 7's targets, each with the measured value and met / missed / not measured."""
+    top = max(results.get("settings", {}).get("concurrencies", [32]))
+    reg32 = find(results, "register_free", top)
+    reg1 = find(results, "register_free", 1)
+    hot = find(results, "hot_event", top)
+    cancel8 = find(results, "cancel_promotion", 8)
+    checks = [
+        _check(
+            f"Registration (confirmed): registrations/s at {top} clients",
+            _posts_per_s(reg32),
+            ">=",
+            1500,
+            "/s",
+            "one registration = GET form + POST + GET status page (3 HTTP requests)",
+        ),
+        _check(
+            f"Registration POST p99 at {top} clients",
+            _latency(reg32, "post", "p99"),
+            "<=",
+            50,
+            "ms",
+        ),
+        _check("Registration POST p50 at 1 client", _latency(reg1, "post", "p50"), "<=", 5, "ms"),
+        _check(f"Hot event: registrations/s at {top} clients", _posts_per_s(hot), ">=", 1000, "/s"),
+    ]
+    overbooked = None
+    hot_rows = [r for r in results.get("scenarios", []) if r["scenario"] == "hot_event"]
+    if hot_rows:
+        overbooked = float(
+            sum(len(r.get("overbooking", {}).get("overbooked_events", [])) for r in hot_rows)
+        )
+    checks.append(_check("Hot event: overbooked events", overbooked, "<=", 0, "events"))
+    checks.append(
+        _check(
+            "Cancel with promotion: POST p50 at 8 clients",
+            _latency(cancel8, "post", "p50"),
+            "<=",
+            10,
+            "ms",
+        )
+    )
+    for scenario, kind in (("event_list", "list"), ("event_detail", "detail")):
+        checks.append(
+            _check(
+                f"{scenario}: requests/s at {top} clients",
+                (find(results, scenario, top) or {}).get("requests_per_s"),
+                ">=",
+                3000,
+                "/s",
+            )
+        )
+        checks.append(
+            _check(
+                f"{scenario}: p50 at 1 client",
+                _latency(find(results, scenario, 1), kind, "p50"),
+                "<=",
+                2,
+                "ms",
+            )
+        )
+    mix_rates = [
+        r["cache"]["hit_rate"]
+        for r in results.get("scenarios", [])
+        if r["scenario"] == "read_mix" and r.get("cache", {}).get("hit_rate") is not None
+    ]
+    checks.append(
+        _check(
+            "Cache hit rate in the read-heavy mix (lowest concurrency run)",
+            round(min(mix_rates) * 100, 2) if mix_rates else None,
+            ">=",
+            95,
+            "%",
+        )
+    )
+    probe = results.get("statements_probe", {}).get("register_post", {})
+    checks.append(
+        _check(
+            "SQL statements for a registration request (POST)",
+            probe.get("statements"),
+            "<=",
+            5,
+            "statements",
+        )
+    )
+    background = results.get("background", {})
+    checks.append(
+        _check(
+            "Background: commit -> handler done p99",
+            (background.get("commit_to_done_ms") or {}).get("p99"),
+            "<=",
+            500,
+            "ms",
+            f"at {background.get('achieved_registrations_per_s')} registrations/s "
+            f"(target rate {background.get('target_rate_per_s')})",
+        )
+    )
+    errors = [r["errors"] for r in results.get("scenarios", [])]
+    checks.append(
+        _check(
+            "Errors, all scenarios",
+            float(sum(errors)) if errors else None,
+            "<=",
+            0,
+            "errors",
+        )
+    )
+    dead = results.get("dead_letters", {})
+    checks.append(
+        _check(
+            "Dead-letter list/filters/groups, worst server time (100,000 dead letters)",
+            dead.get("worst_ms"),
+            "<=",
+            300,
+            "ms",
+        )
+    )
+    correct = results.get("correctness", {}).get("ok")
+    checks.append(
+        _check(
+            "End-of-run correctness checks failing",
+            None if correct is None else float(not correct),
+            "<=",
+            0,
+            "",
+        )
+    )
+    return checks
+
+
+def ratios(results: dict[str, Any]) -> dict[str, Any]:
+    """Our figures against the baseline build and the raw pgbench transaction."""
+    out: dict[str, Any] = {"vs_baseline": [], "vs_pgbench": {}}
+    for base in results.get("baseline", {}).get("scenarios", []):
+        ours = find(results, base["scenario"], base["concurrency"])
+        if ours is None:
+            continue
+        kind = primary_kind(base["scenario"])
+        out["vs_baseline"].append(
+            {
+                "scenario": base["scenario"],
+                "concurrency": base["concurrency"],
+                "throughput_x": ratio(ours["ops_per_s"], base["ops_per_s"]),
+                "p50_baseline_over_ours": ratio(
+                    _latency(base, kind, "p50"), _latency(ours, kind, "p50")
+                ),
+                "p99_baseline_over_ours": ratio(
+                    _latency(base, kind, "p99"), _latency(ours, kind, "p99")
+                ),
+            }
+        )
+    for run in results.get("pgbench", {}).get("runs", []):
+        ours = find(results, "register_free", run["clients"])
+        if ours is None or not run.get("tps"):
+            continue
+        out["vs_pgbench"][str(run["clients"])] = {
+            "pgbench_tps": run["tps"],
+            "app_registrations_per_s": ours["ops_per_s"],
+            "app_share_of_pgbench": ratio(ours["ops_per_s"], run["tps"]),
+            "pgbench_p50_ms": run["latency_ms"]["p50"],
+            "app_post_p50_ms": _latency(ours, "post", "p50"),
+        }
+    return out
+
+
+# -- Markdown -----------------------------------------------------------------------------
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _mark(met: bool | None) -> str:
+    return {True: "met", False: "**missed**", None: "not measured"}[met]
+
+
+def scenario_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| scenario | clients | ops/s | HTTP req/s | latency of | p50 ms | p95 ms | p99 ms "
+        "| errors | SQL/req | DB xact/req | cache hit | load-gen CPU |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        kind = primary_kind(r["scenario"])
+        lat = r["latency_ms"].get(kind) or {}
+        hit = (r.get("cache") or {}).get("hit_rate")
+        sql = r.get(
+            "sql_statements_per_request_web", r.get("sql_statements_per_request_all_processes")
+        )
+        lines.append(
+            f"| {r['scenario']} | {r['concurrency']} | {_fmt(r['ops_per_s'])} "
+            f"| {_fmt(r['requests_per_s'])} | {kind} | {_fmt(lat.get('p50'), 2)} "
+            f"| {_fmt(lat.get('p95'), 2)} | {_fmt(lat.get('p99'), 2)} | {r['errors']} "
+            f"| {_fmt(sql, 2)} | {_fmt(r.get('db_transactions_per_request'), 2)} "
+            f"| {'-' if hit is None else f'{hit * 100:.1f} %'} "
+            f"| {_fmt((r.get('loadgen_cpu_share') or 0) * 100, 0)} % |"
+        )
+    return lines
+
+
+def markdown(results: dict[str, Any], results_path: str) -> str:
+    m = results["machine"]
+    s = results["settings"]
+    out = [
+        "# Performance",
+        "",
+        "_Generated by `make bench` (`python -m bench`); do not edit by hand — rerun it._",
+        "",
+        f"Results: `{results_path}` ({results['mode']} run, {results['started_at']}, "
+        f"{results.get('total_seconds')} s in total).",
+        "",
+        "## Machine",
+        "",
+        f"- {m['cpu_cores']} CPU cores ({m.get('cpu_model') or 'unknown model'}), "
+        f"{m['memory_gb']} GB memory; load average at start {m.get('load_average_at_start')}",
+        f"- Python {m['python']}, PostgreSQL {m['postgresql']}, Redis {m['redis']}; {m['os']}",
+        "- Everything on this one machine: PostgreSQL, Redis, gunicorn, relay, worker **and** "
+        "the load generator (its CPU share is in the tables, as % of one core).",
+        f"- Web: {s['web']['description']}; each scenario runs {s['duration_s']} s "
+        f"after {s['warmup_s']} s of warm-up, at {', '.join(map(str, s['concurrencies']))} "
+        "concurrent clients.",
+        "",
+        "## Targets (issue 7)",
+        "",
+        "| target | measured | threshold | result | note |",
+        "|---|---:|---:|---|---|",
+    ]
+    for t in results.get("targets", []):
+        out.append(
+            f"| {t['target']} | {_fmt(t['measured'], 2)} {t['unit']} | {t['op']} "
+            f"{_fmt(float(t['threshold']), 0)} {t['unit']} | {_mark(t['met'])} | {t['note']} |"
+        )
+    out += [
+        "",
+        "## Scenarios (optimized build: cache on, async handlers via outbox -> relay -> RQ)",
+        "",
+        "`ops/s` counts user operations: a registration or cancellation is one browser flow "
+        "of three HTTP requests (GET form, POST, GET status page after the 303). "
+        "`latency of` names the request whose latency is shown (`post` = the registration / "
+        "cancel POST alone). `SQL/req` comes from the app's statement counter in /metrics "
+        "(web processes only); `DB xact/req` from pg_stat_database (all processes, relay and "
+        "worker included).",
+        "",
+        *scenario_table(results.get("scenarios", [])),
+        "",
+    ]
+    probe = results.get("statements_probe") or {}
+    if probe:
+        out += [
+            "### SQL statements per request (exact, counted inside the app)",
+            "",
+            "| request | statements | HTTP status |",
+            "|---|---:|---:|",
+            *[f"| {k} | {v['statements']} | {v['status']} |" for k, v in probe.items()],
+            "",
+        ]
+    bg = results.get("background") or {}
+    if bg:
+        c = bg.get("commit_to_done_ms") or {}
+        out += [
+            "## Background processing (commit -> handler done)",
+            "",
+            f"Paced registrations at a target of {bg.get('target_rate_per_s')}/s "
+            f"(achieved {bg.get('achieved_registrations_per_s')}/s, "
+            f"{bg.get('load_errors')} errors); {bg.get('messages')} outbox messages, "
+            f"`OutboxMessages.CreatedAt` (the transaction's time) -> `ProcessedAt`: "
+            f"p50 {_fmt(c.get('p50'))} ms, p95 {_fmt(c.get('p95'))} ms, "
+            f"p99 {_fmt(c.get('p99'))} ms, max {_fmt(c.get('max'))} ms. "
+            f"Drained: {bg.get('drained')}.",
+            "",
+        ]
+    base = results.get("baseline", {}).get("scenarios", [])
+    if base:
+        out += [
+            "## Baseline build (CACHE_ENABLED=false, OUTBOX_SYNC_HANDLERS=true)",
+            "",
+            *scenario_table(base),
+            "",
+            "| scenario | clients | throughput (ours / baseline) "
+            "| p50 (baseline / ours) | p99 (baseline / ours) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in results.get("ratios", {}).get("vs_baseline", []):
+            out.append(
+                f"| {r['scenario']} | {r['concurrency']} | {_fmt(r['throughput_x'], 2)}x "
+                f"| {_fmt(r['p50_baseline_over_ours'], 2)}x "
+                f"| {_fmt(r['p99_baseline_over_ours'], 2)}x |"
+            )
+        out.append("")
+    pgb = results.get("pgbench", {}).get("runs", [])
+    if pgb:
+        out += [
+            "## Raw PostgreSQL: pgbench of the registration transaction",
+            "",
+            "`bench/pgbench_register.sql`: the same statements the app sends for a confirmed "
+            "registration (idempotency lookups, event row `FOR UPDATE`, user lookup, two "
+            "inserts, counter update, outbox insert, `pg_notify`), `-M prepared`.",
+            "",
+            "| clients | tps | p50 ms | p99 ms | app registrations/s | app / pgbench |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        vs = results.get("ratios", {}).get("vs_pgbench", {})
+        for run in pgb:
+            r = vs.get(str(run["clients"]), {})
+            lat = run.get("latency_ms") or {}
+            out.append(
+                f"| {run['clients']} | {_fmt(run.get('tps'))} | {_fmt(lat.get('p50'), 2)} "
+                f"| {_fmt(lat.get('p99'), 2)} | {_fmt(r.get('app_registrations_per_s'))} "
+                f"| {_fmt(r.get('app_share_of_pgbench'), 3)} |"
+            )
+        out.append("")
+    dead = results.get("dead_letters") or {}
+    if dead.get("available"):
+        out += [
+            f"## Dead-letter dashboard at {dead['dead_letters']:,} dead letters",
+            "",
+            "Server time of `webapp/adapters/dashboard_queries.py` functions "
+            "(median / worst of 5), target < 300 ms.",
+            "",
+            "| query | median ms | worst ms | rows |",
+            "|---|---:|---:|---:|",
+            *[
+                f"| {k} | {v['median_ms']} | {v['max_ms']} | {v['result']} |"
+                for k, v in dead["timings"].items()
+            ],
+            "",
+        ]
+    rss = results.get("peak_rss_mb") or {}
+    if rss:
+        out += [
+            "## Peak memory (RSS, whole process tree)",
+            "",
+            "| process | peak total MB | largest process MB | processes |",
+            "|---|---:|---:|---:|",
+            *[
+                f"| {role} | {v['total_mb']} | {v['max_mb']} | {v.get('processes')} |"
+                for role, v in rss.items()
+            ],
+            "",
+        ]
+    corr = results.get("correctness") or {}
+    if corr:
+        out += [
+            "## End-of-run correctness",
+            "",
+            *[f"- {k}: {v}" for k, v in corr.items()],
+            "",
+        ]
+    notes = results.get("notes") or []
+    if notes:
+        out += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,253 @@
+"""Fast seeding of the benchmark database with COPY (psycopg 3).
+
+Counters stay consistent with the rows: ``Events.ConfirmedCount`` / ``WaitlistCount`` /
+``LastQueueKey`` match the seeded registrations, waitlisted rows carry queue keys
+1..N in order, so promotions and positions behave exactly as after real traffic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+
+@dataclass
+class SeedPlan:
+    """How many events of each kind, and their sizes."""
+
+    open_events: int = 100  # huge capacity, some seats taken: registration into free seats
+    open_capacity: int = 100_000
+    open_confirmed: int = 100
+    full_events: int = 60  # full with long waitlists: waitlist registrations, cancellations
+    full_capacity: int = 300
+    full_waitlist: int = 600
+    mid_events: int = 40  # nearly full, no waitlist: list/detail variety
+    mid_capacity: int = 1000
+    mid_confirmed: int = 900
+    hot_events: int = 4  # one fresh event per hot-event run (all clients on it)
+    hot_capacity: int = 1500
+
+    @property
+    def registrations(self) -> int:
+        return (
+            self.open_events * self.open_confirmed
+            + self.full_events * (self.full_capacity + self.full_waitlist)
+            + self.mid_events * self.mid_confirmed
+        )
+
+    @property
+    def events(self) -> int:
+        return self.open_events + self.full_events + self.mid_events + self.hot_events
+
+
+@dataclass
+class Seeded:
+    open_ids: list[int] = field(default_factory=list)
+    full_ids: list[int] = field(default_factory=list)
+    mid_ids: list[int] = field(default_factory=list)
+    hot_ids: list[int] = field(default_factory=list)
+    #: confirmed registrations in full events (cancelling one promotes the waitlist head)
+    cancellable: list[str] = field(default_factory=list)
+    events: int = 0
+    registrations: int = 0
+    users: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "registrations": self.registrations,
+            "users": self.users,
+            "open_events": len(self.open_ids),
+            "full_events": len(self.full_ids),
+            "mid_events": len(self.mid_ids),
+            "hot_events": len(self.hot_ids),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def seed(conninfo: str, plan: SeedPlan, rng: random.Random | None = None) -> Seeded:
+    """Insert events, users and registrations; returns the ids the scenarios use."""
+    import time
+
+    started = time.perf_counter()
+    rng = rng or random.Random(42)
+    now = datetime.now(UTC)
+    result = Seeded()
+    event_rows: list[tuple[Any, ...]] = []
+    user_rows: list[tuple[Any, ...]] = []
+    reg_rows: list[tuple[Any, ...]] = []
+    next_id = 0
+
+    def add_event(kind: str, capacity: int, confirmed: int, waitlist: int) -> int:
+        nonlocal next_id
+        next_id += 1
+        start = now + timedelta(days=7 + next_id % 90, hours=next_id % 24)
+        event_rows.append(
+            (
+                next_id,
+                f"{kind.title()} event {next_id}: a talk about something interesting",
+                "Seeded by the benchmark. " * 8,
+                f"Room {next_id % 17}",
+                start,
+                capacity,
+                confirmed,
+                waitlist,
+                waitlist,
+                True,
+                now,
+                now,
+            )
+        )
+        for n in range(confirmed + waitlist):
+            user_id = uuid.uuid4()
+            reg_id = uuid.uuid4()
+            user_rows.append(
+                (user_id, f"Seeded Person {next_id}-{n}", f"s{next_id}-{n}@seed.example.com", now)
+            )
+            waiting = n >= confirmed
+            reg_rows.append(
+                (
+                    reg_id,
+                    next_id,
+                    user_id,
+                    "Waitlisted" if waiting else "Confirmed",
+                    n - confirmed + 1 if waiting else None,
+                    now,
+                    now,
+                    None if waiting else now,
+                )
+            )
+            if kind == "full" and not waiting:
+                result.cancellable.append(str(reg_id))
+        return next_id
+
+    for _ in range(plan.open_events):
+        result.open_ids.append(add_event("open", plan.open_capacity, plan.open_confirmed, 0))
+    for _ in range(plan.full_events):
+        result.full_ids.append(
+            add_event("full", plan.full_capacity, plan.full_capacity, plan.full_waitlist)
+        )
+    for _ in range(plan.mid_events):
+        result.mid_ids.append(add_event("mid", plan.mid_capacity, plan.mid_confirmed, 0))
+    for _ in range(plan.hot_events):
+        result.hot_ids.append(add_event("hot", plan.hot_capacity, 0, 0))
+    rng.shuffle(result.cancellable)
+
+    with psycopg.connect(conninfo, autocommit=False) as conn, conn.cursor() as cur:
+        with cur.copy(
+            'COPY "Events" ("Id", "Title", "Description", "Venue", "StartDate", "Capacity", '
+            '"ConfirmedCount", "WaitlistCount", "LastQueueKey", "RegistrationOpen", '
+            '"CreatedAt", "UpdatedAt") FROM STDIN'
+        ) as copy:
+            for row in event_rows:
+                copy.write_row(row)
+        cur.execute("SELECT setval(pg_get_serial_sequence('\"Events\"', 'Id'), %s)", (next_id,))
+        with cur.copy('COPY "Users" ("Id", "Name", "Email", "CreatedAt") FROM STDIN') as copy:
+            for row in user_rows:
+                copy.write_row(row)
+        with cur.copy(
+            'COPY "EventRegistrations" ("Id", "EventId", "UserId", "Status", '
+            '"PositionInQueue", "CreatedAt", "UpdatedAt", "ConfirmedAt") FROM STDIN'
+        ) as copy:
+            for row in reg_rows:
+                copy.write_row(row)
+        conn.commit()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+    result.events = len(event_rows)
+    result.users = len(user_rows)
+    result.registrations = len(reg_rows)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+DEAD_LETTER_TYPES = [
+    "RegistrationCreated",
+    "RegistrationPromoted",
+    "WaitlistPositionChanged",
+    "RegistrationCancelled",
+]
+DEAD_LETTER_ERRORS = [
+    ("SMTPServerDisconnected", "Connection unexpectedly closed", "webapp/adapters/mail.py:88"),
+    ("SMTPRecipientsRefused", "{'x@example.test': (550, b'No such user')}", "mail.py:91"),
+    ("TimeoutError", "timed out", "webapp/adapters/mail.py:80"),
+    ("OperationalError", "server closed the connection unexpectedly", "async_handlers.py:48"),
+    ("KeyError", "'email'", "webapp/services/async_handlers.py:52"),
+    ("TemplateNotFound", "mail/promotion.html", "webapp/adapters/mail.py:61"),
+]
+
+
+def seed_dead_letters(
+    conninfo: str, count: int, event_ids: list[int], rng: random.Random | None = None
+) -> float:
+    """Insert ``count`` dead-lettered outbox messages (varied types, error classes,
+    fingerprints, dates and events) with one attempt row each; returns seconds."""
+    import time
+
+    started = time.perf_counter()
+    rng = rng or random.Random(99)
+    now = datetime.now(UTC)
+    with psycopg.connect(conninfo) as conn, conn.cursor() as cur:
+        with cur.copy(
+            'COPY "OutboxMessages" ("Id", "Type", "Data", "CreatedAt", "Error", "RetryCount", '
+            '"MaxRetryCount", "ErrorType", "Fingerprint", "DeadLetteredAt", "EventId", '
+            '"ReplayCount") FROM STDIN'
+        ) as copy:
+            attempts = []
+            for n in range(count):
+                message_id = uuid.uuid4()
+                kind = DEAD_LETTER_TYPES[n % len(DEAD_LETTER_TYPES)]
+                error_type, text, frame = DEAD_LETTER_ERRORS[rng.randrange(len(DEAD_LETTER_ERRORS))]
+                event_id = event_ids[rng.randrange(len(event_ids))]
+                created = now - timedelta(seconds=rng.randrange(14 * 86400))
+                data = {
+                    "event_id": event_id,
+                    "registration_id": str(uuid.uuid4()),
+                    "attendee_id": str(uuid.uuid4()),
+                    "status": "Confirmed",
+                }
+                traceback = (
+                    "Traceback (most recent call last):\n"
+                    f'  File "/srv/app/{frame.split(":")[0]}", line {frame.split(":")[-1]}, '
+                    "in send\n"
+                    f"{error_type}: {text} (dead letter {n}, person d{n}@dead.example.com)"
+                )
+                fingerprint = hashlib.sha1(  # noqa: S324 - a grouping key, not security
+                    f"{kind}|{error_type}|{frame}".encode()
+                ).hexdigest()[:16]
+                copy.write_row(
+                    (
+                        message_id,
+                        kind,
+                        json.dumps(data),
+                        created,
+                        traceback,
+                        3,
+                        3,
+                        error_type,
+                        fingerprint,
+                        created + timedelta(seconds=35),
+                        event_id,
+                        0,
+                    )
+                )
+                attempts.append((message_id, created + timedelta(seconds=35), error_type, text))
+        with cur.copy(
+            'COPY "OutboxAttempts" ("MessageId", "AttemptedAt", "Worker", "DurationMs", '
+            '"Succeeded", "ErrorType", "Error") FROM STDIN'
+        ) as copy:
+            for message_id, at, error_type, text in attempts:
+                copy.write_row((message_id, at, "bench-worker", 12, False, error_type, text))
+        conn.commit()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute('ANALYZE "OutboxMessages"')
+        conn.execute('ANALYZE "OutboxAttempts"')
+    return time.perf_counter() - started

@@ -1,0 +1,125 @@
+"""The benchmark's own arithmetic: percentiles, summaries, target verdicts, the report."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import report
+from bench.loadgen import form_fields
+from bench.stack import metric_delta, parse_prometheus
+from bench.stats import percentile, ratio, summarize
+
+
+def test_percentile_interpolates_between_closest_ranks() -> None:
+    values = [1.0, 2.0, 3.0, 4.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 4.0
+    assert percentile(values, 50) == pytest.approx(2.5)
+    assert percentile(values, 95) == pytest.approx(3.85)
+
+
+def test_percentile_of_one_value_and_bad_input() -> None:
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_summarize_reports_milliseconds_from_unsorted_seconds() -> None:
+    summary = summarize([0.003, 0.001, 0.002, 0.100])
+    assert summary["count"] == 4
+    assert summary["p50"] == pytest.approx(2.5)
+    assert summary["max"] == pytest.approx(100.0)
+    assert summarize([])["p99"] is None
+
+
+def test_ratio_is_none_when_a_side_is_missing() -> None:
+    assert ratio(300, 100) == 3.0
+    assert ratio(None, 100) is None
+    assert ratio(5, 0) is None
+
+
+def test_form_fields_reads_hidden_tokens_from_a_page() -> None:
+    html = (
+        b'<form><input id="csrf_token" name="csrf_token" type="hidden" value="abc.def">'
+        b'<input type="hidden" name="idempotency_token" value="0123">'
+        b'<input name="email" type="email"></form>'
+    )
+    assert form_fields(html) == {"csrf_token": "abc.def", "idempotency_token": "0123", "email": ""}
+
+
+def test_metric_delta_sums_matching_labels_only() -> None:
+    before = parse_prometheus(
+        'les_cache_requests_total{region="page_output",result="hit"} 10.0\n'
+        'les_cache_requests_total{region="event_details",result="hit"} 5.0\n'
+        'les_cache_requests_total{region="event_details",result="miss"} 1.0\n'
+    )
+    after = parse_prometheus(
+        "# HELP les_cache_requests_total Cache lookups\n"
+        'les_cache_requests_total{region="page_output",result="hit"} 110.0\n'
+        'les_cache_requests_total{region="event_details",result="hit"} 25.0\n'
+        'les_cache_requests_total{region="event_details",result="miss"} 3.0\n'
+    )
+    assert metric_delta(before, after, "les_cache_requests_total", result="hit") == 120.0
+    assert metric_delta(before, after, "les_cache_requests_total", result="miss") == 2.0
+    assert metric_delta(before, after, "les_missing_total") is None
+    assert metric_delta(None, after, "les_cache_requests_total") is None
+
+
+def _row(scenario: str, clients: int, ops: float, post_p50: float, post_p99: float) -> dict:
+    return {
+        "scenario": scenario,
+        "concurrency": clients,
+        "ops_per_s": ops,
+        "requests_per_s": ops * 3,
+        "errors": 0,
+        "latency_ms": {"post": {"p50": post_p50, "p95": post_p99, "p99": post_p99}},
+        "loadgen_cpu_share": 0.2,
+    }
+
+
+def test_targets_are_met_missed_or_not_measured() -> None:
+    results = {
+        "settings": {"concurrencies": [1, 32]},
+        "scenarios": [
+            _row("register_free", 32, 1600.0, 10.0, 60.0),
+            _row("register_free", 1, 300.0, 3.0, 6.0),
+        ],
+    }
+    verdicts = {t["target"]: t["met"] for t in report.evaluate_targets(results)}
+    assert verdicts["Registration (confirmed): registrations/s at 32 clients"] is True
+    assert verdicts["Registration POST p99 at 32 clients"] is False
+    assert verdicts["Registration POST p50 at 1 client"] is True
+    assert verdicts["Hot event: registrations/s at 32 clients"] is None
+    assert verdicts["Errors, all scenarios"] is True
+
+
+def test_markdown_names_the_machine_and_marks_missed_targets() -> None:
+    results = {
+        "machine": {
+            "cpu_cores": 2,
+            "cpu_model": "Test CPU",
+            "memory_gb": 23.5,
+            "python": "3.12",
+            "postgresql": "15",
+            "redis": "7",
+            "os": "Linux",
+        },
+        "settings": {
+            "concurrencies": [1, 32],
+            "duration_s": 6,
+            "warmup_s": 1,
+            "web": {"description": "gunicorn gthread, 2 workers x 4 threads"},
+        },
+        "mode": "full",
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "scenarios": [_row("register_free", 32, 1000.0, 10.0, 60.0)],
+        "baseline": {"scenarios": []},
+    }
+    results["targets"] = report.evaluate_targets(results)
+    text = report.markdown(results, "bench/results/x.json")
+    assert "2 CPU cores" in text
+    assert "23.5 GB memory" in text
+    assert "| Registration POST p99 at 32 clients | 60.00 ms | <= 50 ms | **missed** |" in text
+    assert "| register_free | 32 | 1,000 | 3,000 | post | 10.00 | 60.00 | 60.00 | 0 |" in text
