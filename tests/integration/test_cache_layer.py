@@ -193,3 +193,33 @@ def test_disabled_layer_always_loads_and_counts_nothing(client: redis.Redis) -> 
         assert layer.get(slot, loader) == {"a": 1}
     assert loader.calls == 3
     assert client.keys(layer.prefix + "*") == []
+
+
+def test_refresh_ahead_stores_without_counting_and_loses_to_a_later_write(
+    client: redis.Redis,
+) -> None:
+    layer = make_layer(client)
+    slot = Slot(REGISTRATION_COUNTS, "counts:3")
+    misses = counter(REGISTRATION_COUNTS, "miss")
+
+    layer.refresh([slot], lambda missing: {slot: {"confirmed_count": 1}})
+    assert counter(REGISTRATION_COUNTS, "miss") == misses
+    assert layer.get(slot, lambda: pytest.fail("refreshed")) == {"confirmed_count": 1}
+
+    def overtaken(_missing: list[Slot]) -> dict[Slot, Any]:
+        layer.invalidate({"counts:3"})  # a newer commit's hook runs during the load
+        return {slot: {"confirmed_count": 2}}
+
+    layer.refresh([slot], overtaken)
+    assert client.get(layer.prefix + "counts:3") is None
+
+
+def test_warming_lookups_are_not_counted(client: redis.Redis) -> None:
+    layer = make_layer(client)
+    before = counter(EVENT_DETAILS, "miss"), counter(EVENT_DETAILS, "hit")
+    with layer.uncounted():
+        layer.get(Slot(EVENT_DETAILS, "event:8"), lambda: {"t": 1})
+        layer.get(Slot(EVENT_DETAILS, "event:8"), lambda: {"t": 1})
+    assert (counter(EVENT_DETAILS, "miss"), counter(EVENT_DETAILS, "hit")) == before
+    layer.get(Slot(EVENT_DETAILS, "event:8"), lambda: {"t": 1})
+    assert counter(EVENT_DETAILS, "hit") == before[1] + 1

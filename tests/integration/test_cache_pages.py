@@ -112,18 +112,24 @@ def test_hot_pages_run_no_sql_when_the_cache_is_warm(
     assert statements_for(app, client, "/") == 0
 
 
-def test_after_a_registration_only_the_counts_are_reloaded(
+def test_after_a_registration_the_writers_next_pages_need_no_sql(
     app: Flask, client: FlaskClient, create_event: Callable[..., int]
 ) -> None:
-    event_id = create_event(capacity=5)
+    """The after-commit hook drops the stale keys and refreshes the counts, the new
+    registration and its position (refresh-ahead), which the writer reads next."""
+    event_id = create_event(capacity=1)
     client.get("/")
     client.get(f"/events/{event_id}")
-
     register(app, event_id, "Ann")
 
-    assert statements_for(app, client, f"/events/{event_id}") == 1  # counts only
-    assert statements_for(app, client, "/") == 0  # the counts were just cached
-    assert "4 of 5" in text_of(client, "/")
+    waiting, _ = register(app, event_id, "Bob")
+
+    assert statements_for(app, client, waiting) == 0
+    assert status_of(client, waiting) == ("Waitlisted", "1")
+    assert statements_for(app, client, f"/events/{event_id}") == 0
+    assert "1 person waiting" in text_of(client, f"/events/{event_id}")
+    assert statements_for(app, client, "/") == 0  # page re-rendered from cached data
+    assert "0 of 1" in text_of(client, "/")
 
 
 # -- one's own write is visible on the next page -------------------------------------------

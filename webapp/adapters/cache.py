@@ -175,6 +175,7 @@ class CacheLayer:
         self.log_interval = log_interval
         self.stats_flush_interval = stats_flush_interval
         self._mutex = threading.Lock()
+        self._local = threading.local()
         self._local_locks: dict[str, threading.Lock] = {}
         self._down_until = 0.0
         self._needs_clear = False
@@ -254,8 +255,19 @@ class CacheLayer:
             return False
 
     # -- counting --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def uncounted(self) -> Iterator[None]:
+        """Lookups in this block (warming, refreshing) are not readers' requests:
+        they do not count as hits or misses (errors still do)."""
+        previous = getattr(self._local, "uncounted", False)
+        self._local.uncounted = True
+        try:
+            yield
+        finally:
+            self._local.uncounted = previous
+
     def _count(self, region: str, result: str, n: int = 1) -> None:
-        if n <= 0:
+        if n <= 0 or (result != "error" and getattr(self._local, "uncounted", False)):
             return
         CACHE_REQUESTS.labels(region, result).inc(n)
         with self._mutex:
@@ -531,6 +543,21 @@ class CacheLayer:
                     del self._local_locks[slot.lock_name]
 
     # -- invalidation ----------------------------------------------------------------------
+    def refresh(self, slots: list[Slot], loader: Loader) -> dict[Slot, Any]:
+        """Load ``slots`` now and store them (refresh-ahead after a write), unless an
+        invalidation overtakes the load. Not counted as lookups; returns what loaded."""
+        if not self.enabled or not slots:
+            return {}
+        try:
+            self._check_available()
+            gens, _ = self._begin_gens_only(slots)
+        except Exception as error:
+            self._failed([], error)
+            return {}
+        loaded = _clean(loader(slots))
+        self._store(loaded, gens)
+        return loaded
+
     def invalidate(self, keys: set[str] | list[str]) -> bool:
         """Delete ``keys`` (plain or hash) and bump their generations, atomically.
 

@@ -80,14 +80,37 @@ def keys_to_invalidate(result: CommitResult) -> set[str]:
     return keys
 
 
-def make_hook(layer: CacheLayer, on_invalidated: Callable[[], None] | None) -> AfterCommitHook:
-    """The hook for ``Database.after_commit``; ``on_invalidated`` schedules warming."""
+def to_refresh(result: CommitResult) -> tuple[set[int], set[str]]:
+    """Events whose counts, and registrations whose records, the writer reads next."""
+    event_ids = set(result.event_ids)
+    registration_ids: set[str] = set()
+    for message in result.messages:
+        if getattr(message, "event_id", None) is not None:
+            event_ids.add(int(message.event_id))  # type: ignore[attr-defined]
+        if isinstance(message, RegistrationCreated | RegistrationPromoted | RegistrationCancelled):
+            registration_ids.add(message.registration_id)
+    return event_ids, registration_ids
+
+
+def make_hook(
+    layer: CacheLayer,
+    on_invalidated: Callable[[], None] | None = None,
+    refresh: Callable[[set[int], set[str]], None] | None = None,
+) -> AfterCommitHook:
+    """The hook for ``Database.after_commit``: drop the stale keys, then refresh what
+    the writer reads next (``refresh``) and schedule warming (``on_invalidated``)."""
 
     def invalidate_cache(result: CommitResult) -> None:
         keys = keys_to_invalidate(result)
         if not keys:
             return
-        layer.invalidate(keys)
+        if not layer.invalidate(keys):
+            return  # Redis unreachable: nothing to refresh into
+        if refresh is not None:
+            try:
+                refresh(*to_refresh(result))
+            except Exception:  # refreshing is an optimisation; the keys are gone anyway
+                log.warning("cache refresh after commit failed", exc_info=True)
         if on_invalidated is not None:
             on_invalidated()
 

@@ -217,16 +217,55 @@ def all_events() -> list[dict[str, Any]]:
         return queries.all_events(conn)
 
 
-# -- warming -------------------------------------------------------------------------------
+# -- warming and refreshing ----------------------------------------------------------------
 def warm(hottest: int = HOTTEST_EVENTS) -> int:
     """Fill the cache with the event list and the hottest events (most registrations).
-    Loads only what is missing; returns how many hot events were looked at."""
-    upcoming_events()
-    with _connect() as conn:
-        ids = queries.hottest_event_ids(conn, utcnow(), hottest)
-    for event_id in ids:
-        event_detail(event_id)
+    Loads only what is missing (not counted as lookups); returns how many hot events
+    were looked at."""
+    with get_cache().uncounted():
+        upcoming_events()
+        with _connect() as conn:
+            ids = queries.hottest_event_ids(conn, utcnow(), hottest)
+        for event_id in ids:
+            event_detail(event_id)
     return len(ids)
+
+
+def refresh_after_write(app: Flask, event_ids: set[int], registration_ids: set[str]) -> None:
+    """Refresh-ahead, right after a commit's invalidation: reload the counts of the
+    events it touched (one statement) and the registrations it changed, with the
+    position of a new waiting one, because the writer's next page reads exactly
+    these. Guarded like every store: a newer write's invalidation wins."""
+    layer = get_cache(app)
+    engine = get_db(app).engine
+    if not layer.enabled:
+        return
+    by_slot = {Slot(REGISTRATION_COUNTS, counts_key(e)): e for e in event_ids}
+
+    def load_counts(missing: list[Slot]) -> dict[Slot, Any]:
+        with engine.connect() as conn:
+            rows = queries.event_counts(conn, [by_slot[slot] for slot in missing])
+        return {slot: _counts(rows[by_slot[slot]]) for slot in missing if by_slot[slot] in rows}
+
+    layer.refresh(list(by_slot), load_counts)
+    for registration_id in sorted(registration_ids):
+        with engine.connect() as conn:
+            _refresh_registration(layer, conn, registration_id)
+
+
+def _refresh_registration(layer: Any, conn: Any, registration_id: str) -> None:
+    slot = Slot(USER_INFORMATION, registration_key(registration_id))
+    loaded = layer.refresh(
+        [slot], lambda _m: {slot: queries.registration_record(conn, registration_id)}
+    )
+    record = loaded.get(slot)
+    if not record or record["status"] != queries.WAITLISTED or not record["queue_key"]:
+        return
+    event_id, queue_key = record["event_id"], int(record["queue_key"])
+    position = Slot(WAITLIST_POSITIONS, waitlist_key(event_id), field=str(queue_key))
+    layer.refresh(
+        [position], lambda _m: {position: queries.waitlist_position(conn, event_id, queue_key)}
+    )
 
 
 class Warmer:
@@ -292,7 +331,11 @@ def init_app(app: Flask) -> None:
     warmer = Warmer(app) if layer.enabled and _warming_enabled(app) else None
     app.extensions["les.cache_warmer"] = warmer
     get_db(app).after_commit.append(
-        cache_invalidation.make_hook(layer, warmer.request if warmer else None)
+        cache_invalidation.make_hook(
+            layer,
+            on_invalidated=warmer.request if warmer else None,
+            refresh=lambda events, regs: refresh_after_write(app, events, regs),
+        )
     )
     if warmer is not None:
         warmer.request()
@@ -305,6 +348,7 @@ __all__ = [
     "event_counts",
     "event_detail",
     "init_app",
+    "refresh_after_write",
     "registration_status",
     "upcoming_events",
     "warm",
