@@ -84,11 +84,15 @@ class Mailer:
         return mail
 
     def send(self, to: str, template: str, context: dict[str, Any], message_key: str) -> None:
-        mail = self.build(to, template, context, message_key)
-        if self.host:
-            self._send_smtp(mail)
-        else:
-            self._write_mailbox(mail, message_key)
+        from opentelemetry import trace  # the mail is the last hop of a registration's trace
+
+        attributes = {"les.mail.template": template, "les.mail.transport": self.transport}
+        with trace.get_tracer("les.mail").start_as_current_span("mail.send", attributes=attributes):
+            mail = self.build(to, template, context, message_key)
+            if self.host:
+                self._send_smtp(mail)
+            else:
+                self._write_mailbox(mail, message_key)
 
     def _send_smtp(self, mail: EmailMessage) -> None:
         smtp: smtplib.SMTP

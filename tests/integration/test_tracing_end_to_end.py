@@ -1,0 +1,150 @@
+"""One trace from the registration request through the outbox, the relay and the
+worker's handler to the mail, across the real relay and job code (spans recorded
+in memory; the RQ job runs in-process with rq's SimpleWorker instead of a fork)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+
+from tests.conftest import csrf_token_from, make_app
+from webapp.extensions import get_db
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+class Recorder(SpanProcessor):
+    """Hands finished spans to an in-memory exporter while a test records."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.active = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.active:
+            self.exporter.export([span])
+
+
+_RECORDER = Recorder()
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # nobody built one yet in this process
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    if not getattr(provider, "_les_recorder", False):
+        provider.add_span_processor(_RECORDER)
+        provider._les_recorder = True  # type: ignore[attr-defined]
+    _RECORDER.exporter.clear()
+    _RECORDER.active = True
+    yield _RECORDER
+    _RECORDER.active = False
+    _RECORDER.exporter.clear()
+
+
+@pytest.fixture
+def traced_app(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Flask]:
+    app = make_app(postgres_url, redis_url, MAILBOX_DIR=str(tmp_path / "mailbox"))
+    yield app
+    get_db(app).engine.dispose()
+
+
+def _ancestors(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> list[str]:
+    names = []
+    parent = span.parent
+    while parent is not None and parent.span_id in by_id:
+        found = by_id[parent.span_id]
+        names.append(found.name)
+        parent = found.parent
+    return names
+
+
+def test_one_trace_from_registration_to_mail(
+    traced_app: Flask, recorder: Recorder, redis_url: str, postgres_url: str, tmp_path: Path
+) -> None:
+    from webapp.services.events import EventDetails, create_event
+    from workers import OUTBOX_QUEUE, runtime
+    from workers.relay import Relay
+
+    event_id = create_event(
+        get_db(traced_app).unit_of_work,
+        EventDetails("Traced talk", "d", "Room 9", datetime.now(UTC) + timedelta(days=3), True),
+        5,
+    )
+    recorder.exporter.clear()
+
+    # 1. the registration request (Flask + SQLAlchemy instrumentation)
+    client = traced_app.test_client()
+    html = client.get(f"/events/{event_id}").get_data(as_text=True)
+    token = re.search(r'name="idempotency_token" type="hidden" value="([0-9a-f]+)"', html)
+    assert token
+    response = client.post(
+        f"/events/{event_id}/register",
+        data={
+            "csrf_token": csrf_token_from(html),
+            "idempotency_token": token.group(1),
+            "name": "Tracy Trace",
+            "email": "tracy@example.com",
+        },
+    )
+    assert response.status_code == 303
+
+    # 2. the relay claims the outbox rows and enqueues RQ jobs (span outbox.dispatch)
+    connection = redis.Redis.from_url(redis_url)
+    relay = Relay(get_db(traced_app), connection, postgres_url)
+    assert relay.dispatch_once() >= 1
+
+    # 3. the worker runs the real job function (span outbox.handle <Type>, then mail.send)
+    previous: dict[str, Any] = {"app": runtime._app, "deliverer": runtime._deliverer}
+    runtime._app, runtime._deliverer = traced_app, None
+    try:
+        queue = Queue(OUTBOX_QUEUE, connection=connection, serializer=JSONSerializer)
+        worker = SimpleWorker([queue], connection=connection, serializer=JSONSerializer)
+        worker.work(burst=True)
+    finally:
+        runtime._app, runtime._deliverer = previous["app"], previous["deliverer"]
+    assert list((tmp_path / "mailbox").glob("*.eml")), "the confirmation mail was written"
+
+    spans = recorder.exporter.get_finished_spans()
+    request_span = next(
+        s
+        for s in spans
+        if s.kind == trace.SpanKind.SERVER and s.attributes.get("http.method") == "POST"
+    )
+    trace_id = request_span.context.trace_id
+    in_trace = [s for s in spans if s.context.trace_id == trace_id]
+    by_id = {s.context.span_id: s for s in in_trace}
+    names = [s.name for s in in_trace]
+
+    # the outbox row was written by a traced INSERT inside the request
+    statements = [str(s.attributes.get("db.statement", "")) for s in in_trace]
+    assert any('INSERT INTO "OutboxMessages"' in st for st in statements), statements
+    dispatch = [s for s in in_trace if s.name == "outbox.dispatch"]
+    handle = [s for s in in_trace if s.name == "outbox.handle RegistrationCreated"]
+    mail = [s for s in in_trace if s.name == "mail.send"]
+    assert dispatch and handle and mail, names
+
+    # registration -> relay -> handler -> mail, as parent links
+    assert _ancestors(dispatch[0], by_id)[-1] == request_span.name
+    assert "outbox.dispatch" in _ancestors(handle[0], by_id)
+    mail_chain = _ancestors(mail[0], by_id)
+    assert mail_chain[0].startswith("outbox.handle") and mail_chain[-1] == request_span.name
+    assert "outbox.dispatch" in mail_chain
+    assert mail[0].attributes["les.mail.template"] == "confirmation"
+    # no personal data in span attributes
+    for span in in_trace:
+        assert "tracy@example.com" not in str(dict(span.attributes or {}))
