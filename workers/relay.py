@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, addr="127.0.0.1")
+        start_http_server(args.metrics_port, addr=os.environ.get("METRICS_HOST", "127.0.0.1"))
     from webapp.extensions import get_db
 
     relay = Relay(

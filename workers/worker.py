@@ -124,6 +124,6 @@ def _serve_metrics(port: int) -> None:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        start_http_server(port, addr="127.0.0.1", registry=registry)
+        start_http_server(port, addr=os.environ.get("METRICS_HOST", "127.0.0.1"), registry=registry)
     else:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=os.environ.get("METRICS_HOST", "127.0.0.1"))
