@@ -31,7 +31,7 @@ _SERVICE = {"name": "les-web"}
 
 EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
 #: the signed token of an attendee's status link is a bearer credential
-STATUS_TOKEN = re.compile(r"(/registrations/)[^/\s?#\"']+")
+STATUS_TOKEN = re.compile(r"(/registrations/)(?!<token>)[^/\s?#\"'<]+")
 #: key=value / key: value pairs whose value is a secret
 SECRET_PAIR = re.compile(
     r"(?i)\b((?:password|passwd|pwd|secret|token|api[_-]?key|csrf_token|session)"
