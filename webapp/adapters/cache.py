@@ -20,6 +20,11 @@ reads the generation *before* it queries the database and stores its result only
 if the generation is unchanged (a Lua script), so a reader that loaded old rows
 just before a commit can never put them back after the invalidation.
 
+Refresh-ahead: right after a commit's invalidation the hook reloads what the writer
+reads next (the touched events' counts, the changed registrations and a new waiting
+one's position) through :meth:`CacheLayer.refresh`, guarded the same way. Warming
+and refreshing are not readers' lookups and are not counted as hits or misses.
+
 Stampede protection: on a miss, one loader per key and process (in-process lock)
 and per key across processes (``SET lock:<key> NX PX``) queries the database;
 the others poll the key for a short while and get the loaded value.
@@ -34,9 +39,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -186,10 +193,20 @@ class CacheLayer:
         )
         self._pending: dict[tuple[str, str], int] = {}
         self._last_stats_flush = time.monotonic()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (layer := ref()) and layer._after_fork())
         if client is not None:
             self._store_script = client.register_script(_STORE)
             self._store_field_script = client.register_script(_STORE_FIELD)
             self._release_script = client.register_script(_RELEASE)
+
+    def _after_fork(self) -> None:
+        """A forked child (gunicorn worker, RQ work horse) must not inherit locks that
+        a thread of the parent held at the fork, nor its unflushed counts."""
+        self._mutex = threading.Lock()
+        self._local = threading.local()
+        self._local_locks = {}
+        self._pending = {}
 
     # -- keys --------------------------------------------------------------------------
     def _k(self, key: str) -> str:
@@ -297,6 +314,7 @@ class CacheLayer:
             pipe.expire(f"{self.stats_prefix}m:{minute}", _STATS_MINUTE_TTL)
             pipe.execute()
         except Exception:  # counted again at the next flush
+            self._down_until = time.monotonic() + self.retry_after
             self._restore_pending(pending)
 
     def _restore_pending(self, pending: dict[tuple[str, str], int]) -> None:
