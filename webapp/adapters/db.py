@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -17,7 +18,7 @@ def normalize_url(url: str) -> str:
 
 
 def make_engine(url: str, settings: dict[str, Any] | None = None) -> Engine:
-    """Build the engine. PostgreSQL gets a sized, pre-pinged pool; SQLite gets WAL,
+    """Build the engine. PostgreSQL gets a sized pool that pings idle connections; SQLite gets WAL,
     a busy timeout and ``BEGIN IMMEDIATE`` for write transactions (so two writers
     never both read the seat count before one of them writes it)."""
     settings = settings or {}
@@ -30,18 +31,49 @@ def make_engine(url: str, settings: dict[str, Any] | None = None) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=int(settings.get("DB_POOL_SIZE", 10)),
         max_overflow=int(settings.get("DB_MAX_OVERFLOW", 10)),
         pool_timeout=float(settings.get("DB_POOL_TIMEOUT", 5)),
         pool_recycle=int(settings.get("DB_POOL_RECYCLE", 1800)),
-        pool_pre_ping=True,
+        # pinged only after an idle spell (see _ping_idle_connections), not on every
+        # checkout: the benchmark measured pool_pre_ping=True at ~0.5 ms per checkout
+        pool_pre_ping=False,
         connect_args={
             "connect_timeout": 5,
             "options": f"-c statement_timeout={int(settings.get('DB_COMMAND_TIMEOUT', 30)) * 1000}",
         },
     )
+    _ping_idle_connections(engine, float(settings.get("DB_POOL_PING_IDLE_SECONDS", 2.0)))
+    return engine
+
+
+def _ping_idle_connections(engine: Engine, idle_seconds: float) -> None:
+    """Pessimistic disconnect handling where it matters: a pooled connection that sat
+    idle longer than ``idle_seconds`` (a database restart or failover may have killed
+    it) is pinged on checkout and replaced if dead. Connections reused within
+    milliseconds under load skip the extra round trip. A disconnect error on a
+    non-pinged connection still invalidates the whole pool (SQLAlchemy's default)."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["les_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        idle_since = record.info.get("les_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+            dbapi_connection.rollback()  # leave no transaction open from the ping
+        except Exception as error:  # the pool retries with a fresh connection
+            raise exc.DisconnectionError(f"idle pooled connection is dead: {error}") from error
 
 
 def _configure_sqlite(engine: Engine) -> None:
