@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from sqlalchemy import func, select
 
 from tests.conftest import csrf_token_from
 from tests.integration.staff_fixtures import STAFF_PASSWORD, login_as_fixture  # noqa: F401
-from webapp.adapters.tables import events, outbox_messages
+from webapp.adapters.tables import audit_log, events, outbox_messages
 from webapp.extensions import get_db
 from webapp.services import read_model
 from webapp.services import registrations as registration_service
@@ -394,3 +395,31 @@ def test_csv_export_lists_everyone_in_order_and_neutralises_formulas(
     ]
     for row in rows[1:]:
         assert all(not cell.startswith(("=", "+", "-", "@")) for cell in row), row
+
+
+def audit_rows(app: Flask) -> list[dict[str, Any]]:
+    with get_db(app).engine.connect() as conn:
+        rows = conn.execute(select(audit_log).order_by(audit_log.c.Id)).mappings().all()
+    return [{**r, "Target": json.loads(r["Target"])} for r in rows]
+
+
+def test_organiser_changes_are_audited_in_the_same_transaction(
+    app: Flask, operator: FlaskClient, full_event: int
+) -> None:
+    before = [r for r in audit_rows(app) if r["Action"].startswith("event.")]
+    assert before == []
+    refused = operator.post(
+        f"/admin/events/{full_event}/capacity/apply",
+        data={"csrf_token": token(operator), "capacity": "1"},
+    )
+    assert refused.status_code == 422
+    assert [r for r in audit_rows(app) if r["Action"] == "event.capacity"] == []
+
+    operator.post(
+        f"/admin/events/{full_event}/capacity/apply",
+        data={"csrf_token": token(operator), "capacity": "5"},
+    )
+    (row,) = [r for r in audit_rows(app) if r["Action"] == "event.capacity"]
+    assert row["Target"] == {"event_id": full_event, "from": 3, "to": 5, "promoted": 2}
+    assert str(row["Actor"]).endswith("@staff.example.test")
+    assert row["Outcome"] == "done"

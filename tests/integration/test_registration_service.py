@@ -60,13 +60,13 @@ def test_rolled_back_registration_leaves_no_outbox_row(
     app: Flask, create_event: Callable[..., int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     event_id = create_event(capacity=5)
-    original = UnitOfWork._publish
+    original = UnitOfWork.publish
 
     def publish_then_fail(self: UnitOfWork):  # type: ignore[no-untyped-def]
         original(self)  # business rows and outbox rows are flushed...
         raise RuntimeError("crash before commit")  # ...and the transaction dies
 
-    monkeypatch.setattr(UnitOfWork, "_publish", publish_then_fail)
+    monkeypatch.setattr(UnitOfWork, "publish", publish_then_fail)
     with pytest.raises(RuntimeError):
         register(app, event_id, 1)
     assert count(app, outbox_messages) == 0

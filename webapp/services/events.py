@@ -23,8 +23,10 @@ class EventDetails:
     registration_open: bool = True
 
 
-def create_event(uow_factory: UowFactory, details: EventDetails, capacity: int) -> int:
-    """Create an event; returns its id."""
+def create_event(
+    uow_factory: UowFactory, details: EventDetails, capacity: int, actor: str | None = None
+) -> int:
+    """Create an event; returns its id. With an ``actor`` the change is audited."""
     with uow_factory() as uow:
         event = Event(
             details.title,
@@ -37,12 +39,18 @@ def create_event(uow_factory: UowFactory, details: EventDetails, capacity: int) 
         )
         uow.events.add(event)
         uow.flush()
+        if actor:
+            uow.audit(actor, "event.create", {"event_id": event.id, "capacity": capacity})
         uow.commit()
         assert event.id is not None
         return event.id
 
 
-def update_event(uow_factory: UowFactory, event_id: int, details: EventDetails) -> None:
+def update_event(
+    uow_factory: UowFactory, event_id: int, details: EventDetails, actor: str | None = None
+) -> None:
+    """Edit an event's details; with an ``actor`` the change is audited."""
+
     def attempt() -> None:
         with uow_factory() as uow:
             event = _locked(uow, event_id)
@@ -54,6 +62,8 @@ def update_event(uow_factory: UowFactory, event_id: int, details: EventDetails) 
                 details.registration_open,
                 uow.now,
             )
+            if actor:
+                uow.audit(actor, "event.update", {"event_id": event_id, "title": details.title})
             uow.commit()
 
     with_retries(attempt)
@@ -80,17 +90,25 @@ def preview_capacity(uow_factory: UowFactory, event_id: int, new_capacity: int) 
         )
 
 
-def change_capacity(uow_factory: UowFactory, event_id: int, new_capacity: int) -> int:
+def change_capacity(
+    uow_factory: UowFactory, event_id: int, new_capacity: int, actor: str | None = None
+) -> int:
     """Set the capacity; an increase promotes waiting people in the same transaction.
-    Returns how many people were promoted."""
+    Returns how many people were promoted. With an ``actor`` the change is audited,
+    in the same transaction."""
 
     def attempt() -> int:
         with uow_factory() as uow:
             event = _locked(uow, event_id)
-            before = event.confirmed_count
+            before_capacity, before_confirmed = event.capacity, event.confirmed_count
             event.change_capacity(new_capacity, uow.now)
+            uow.publish()  # the synchronous handlers promote waiting people now
+            promoted = event.confirmed_count - before_confirmed
+            if actor:
+                target = {"event_id": event_id, "from": before_capacity, "to": new_capacity}
+                uow.audit(actor, "event.capacity", {**target, "promoted": promoted})
             uow.commit()
-            return event.confirmed_count - before
+            return promoted
 
     return with_retries(attempt)
 

@@ -10,7 +10,6 @@ Every function reads the current app's database unless an ``engine`` is given.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import string
@@ -26,8 +25,9 @@ from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
+from webapp.adapters.audit import record_audit
 from webapp.adapters.db import write_engine
-from webapp.adapters.tables import audit_log, staff_users
+from webapp.adapters.tables import staff_users
 from webapp.domain import errors
 from webapp.domain.model import EMAIL_MAX_LENGTH, NAME_MAX_LENGTH, normalize_email
 from webapp.services.unit_of_work import utcnow
@@ -178,16 +178,7 @@ def _user(row: RowMapping) -> StaffUser:
 
 
 def _audit(conn: Connection, actor: str, action: str, target: dict[str, str], outcome: str) -> None:
-    conn.execute(
-        insert(audit_log).values(
-            At=utcnow(),
-            Actor=actor,
-            Action=action,
-            Target=json.dumps(target),
-            Count=1,
-            Outcome=outcome,
-        )
-    )
+    record_audit(conn, at=utcnow(), actor=actor, action=action, target=target, outcome=outcome)
 
 
 def create_user(

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from webapp.adapters.audit import record_audit
 from webapp.adapters.outbox import write_outbox
 from webapp.adapters.repository import (
     AttendeeRepository,
@@ -68,6 +69,7 @@ class UnitOfWork:
         self.registrations = RegistrationRepository(self.session)
         self.attendees = AttendeeRepository(self.session)
         self._committed = False
+        self._result = CommitResult()
         return self
 
     def __exit__(
@@ -83,8 +85,31 @@ class UnitOfWork:
     def flush(self) -> None:
         self.session.flush()
 
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        target: dict[str, Any],
+        outcome: str = "done",
+        count: int | None = 1,
+        reason: str | None = None,
+    ) -> int:
+        """Write an audit row in this unit of work's transaction (commits with it)."""
+        return record_audit(
+            self.session,
+            at=self.now,
+            actor=actor,
+            action=action,
+            target=target,
+            outcome=outcome,
+            count=count,
+            reason=reason,
+        )
+
     def commit(self) -> CommitResult:
-        result = self._publish()
+        self.publish()
+        result = self._result
+        result.event_ids = {e.id for e in self.events.seen if e.id is not None}
         self.session.commit()
         self._committed = True
         for hook in self.after_commit_hooks:
@@ -104,21 +129,25 @@ class UnitOfWork:
             event.messages.clear()
         return collected
 
-    def _publish(self) -> CommitResult:
-        result = CommitResult()
+    def publish(self) -> None:
+        """Run the synchronous handlers of the messages recorded so far (they may
+        record more) and write those with asynchronous handlers to the outbox.
+
+        ``commit()`` calls it; a use case calls it earlier when it needs the
+        handlers' effects (e.g. how many people a capacity change promoted) before
+        committing. Calling it again only handles messages recorded since.
+        """
         to_outbox: list[Message] = []
         queue = deque(self._collect())
         while queue:
             message = queue.popleft()
-            result.messages.append(message)
+            self._result.messages.append(message)
             for handler in messagebus.sync_handlers(type(message)):
                 handler(message, self)
             if messagebus.goes_to_outbox(message):
                 to_outbox.append(message)
             queue.extend(self._collect())
         self.session.flush()
-        result.event_ids = {e.id for e in self.events.seen if e.id is not None}
-        result.outbox_rows = write_outbox(
-            self.session, to_outbox, self.now, self.trace_context(), self.max_retries
+        self._result.outbox_rows.extend(
+            write_outbox(self.session, to_outbox, self.now, self.trace_context(), self.max_retries)
         )
-        return result

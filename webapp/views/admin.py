@@ -125,6 +125,12 @@ def _details(form: EventForm) -> EventDetails:
 
 
 # -- pages -----------------------------------------------------------------------------------
+def _actor() -> str:
+    """The signed-in staff member's email, for the audit log."""
+    user = current_staff()
+    return user.email if user else "unknown"
+
+
 @bp.get("/")
 @staff_required
 def index() -> ViewResult:
@@ -145,7 +151,7 @@ def create_event() -> ViewResult:
         else:
             try:
                 event_id = event_service.create_event(
-                    uow, _details(form), capacity_value(form.capacity)
+                    uow, _details(form), capacity_value(form.capacity), actor=_actor()
                 )
             except errors.DomainError as error:
                 _show_error(form, error)
@@ -189,7 +195,7 @@ def edit_event(event_id: int) -> ViewResult:
             form.start.errors = [*form.start.errors, "The new start must be in the future."]
         else:
             try:
-                event_service.update_event(uow, event_id, _details(form))
+                event_service.update_event(uow, event_id, _details(form), actor=_actor())
             except errors.EventNotFound:
                 abort(404, description="This event does not exist.")
             except errors.DomainError as error:
@@ -261,7 +267,7 @@ def apply_capacity(event_id: int) -> ViewResult:
         return _capacity_page(detail, form, None, UNPROCESSABLE)
     new_capacity = capacity_value(form.capacity)
     try:
-        promoted = event_service.change_capacity(uow, event_id, new_capacity)
+        promoted = event_service.change_capacity(uow, event_id, new_capacity, actor=_actor())
     except errors.EventNotFound:
         abort(404, description="This event does not exist.")
     except errors.DomainError as error:
