@@ -234,7 +234,8 @@ def init_query_stats(
     """Time every statement of ``engine`` (and of engines derived from it with
     ``execution_options``) into the shared stats. Idempotent per engine."""
     existing = _collectors.get(engine)
-    if existing is not None:
+    if existing is not None:  # e.g. create_app installed it; the caller knows better
+        existing.process, existing.slow_ms = process, slow_ms
         return existing
     stats = QueryStats(redis_url, process, slow_ms, flush_interval)
     _collectors[engine] = stats
@@ -366,6 +367,19 @@ def init_app(app: Any) -> QueryStats | None:
     return init_query_stats(
         get_db(app).engine,
         app.config["REDIS_URL"],
-        process="web",
+        process=process_role(),
         slow_ms=float(app.config.get("SLOW_QUERY_MS", 100.0)),
     )
+
+
+def process_role(argv: list[str] | None = None) -> str:
+    """``relay``, ``worker`` or ``web``, from the command line (``python -m workers.relay``,
+    ``python -m workers``, ``rq worker``, gunicorn...), for the slow-query list."""
+    import sys
+
+    words = " ".join(sys.argv if argv is None else argv).lower()
+    if "relay" in words:
+        return "relay"
+    if "worker" in words or " rq" in words:
+        return "worker"
+    return "web"
