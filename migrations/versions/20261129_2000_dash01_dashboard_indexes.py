@@ -7,7 +7,7 @@ indexes (pg_trgm is a trusted extension: the database owner may create it).
 
 Revision ID: dash01
 Revises: 0001
-Create Date: 2026-11-30 12:00:00
+Create Date: 2026-11-29 20:00:00
 """
 
 from __future__ import annotations
