@@ -28,6 +28,9 @@ _SETTINGS: list[tuple[str, Any, type]] = [
     ("CACHE_TTL_REGISTRATION_COUNTS", 120, int),
     ("CACHE_TTL_PAGE_OUTPUT", 30, int),
     ("CACHE_SOCKET_TIMEOUT", 0.25, float),
+    ("CACHE_WARM", "auto", str),  # auto: warm at start and after invalidation unless testing
+    ("CACHE_RETRY_AFTER_SECONDS", 1.0, float),  # skip the cache this long after an error
+    ("CACHE_ERROR_LOG_INTERVAL_SECONDS", 30.0, float),  # one warning per interval
     # Performance.BackgroundProcessing
     ("BACKGROUND_MAX_CONCURRENCY", 4, int),
     ("OUTBOX_MAX_RETRIES", 3, int),
@@ -43,6 +46,7 @@ _SETTINGS: list[tuple[str, Any, type]] = [
     ("DB_COMMAND_TIMEOUT", 30, int),
     ("DB_QUERY_LOGGING", False, bool),
     ("SLOW_QUERY_MS", 100.0, float),
+    ("QUERY_STATS_ENABLED", True, bool),  # SQL timings for the operator dashboard
     # limits and security
     ("RATELIMIT_REGISTRATION", "30 per minute", str),
     ("RATELIMIT_LOGIN", "10 per minute", str),

@@ -360,7 +360,7 @@ def slow_queries(client: redis.Redis, limit: int = SLOW_KEPT) -> list[dict[str, 
 
 def init_app(app: Any) -> QueryStats | None:
     """The web process's hook (``create_app``); QUERY_STATS_ENABLED=false turns it off."""
-    if str(app.config.get("QUERY_STATS_ENABLED", True)).lower() in {"0", "false", "no", "off"}:
+    if not app.config["QUERY_STATS_ENABLED"]:
         return None
     from webapp.extensions import get_db
 

@@ -20,7 +20,6 @@ registrations that do not change them.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -315,11 +314,10 @@ class Warmer:
 
 
 def _warming_enabled(app: Flask) -> bool:
-    if "CACHE_WARM" in app.config:
-        return str(app.config["CACHE_WARM"]).strip().lower() in {"1", "true", "yes", "on"}
-    if "CACHE_WARM" in os.environ:
-        return os.environ["CACHE_WARM"].strip().lower() in {"1", "true", "yes", "on"}
-    return app.config.get("ENV") != "testing"
+    setting = str(app.config.get("CACHE_WARM", "auto")).strip().lower()
+    if setting == "auto":
+        return app.config.get("ENV") != "testing"
+    return setting in {"1", "true", "yes", "on"}
 
 
 def init_app(app: Flask) -> None:
