@@ -1,8 +1,9 @@
 """The RQ worker pool: ``python -m workers``.
 
-Runs ``BACKGROUND_MAX_CONCURRENCY`` RQ worker processes (each forks a work horse
-per job; the horse drops the inherited database connections first), with the RQ
-scheduler. SIGTERM or SIGINT: every worker finishes its current job, then exits.
+Runs ``BACKGROUND_MAX_CONCURRENCY`` RQ worker processes (forked from this one;
+each drops the inherited database connections first), with the RQ scheduler. Each
+worker runs its jobs itself, or with ``--fork-per-job`` in a fresh work horse.
+SIGTERM or SIGINT: every worker finishes its current job, then exits.
 The pool process publishes the ``worker`` heartbeat and schedules the outbox
 cleanup job.
 """
@@ -21,6 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--concurrency", type=int, help="worker processes (default BACKGROUND_MAX_CONCURRENCY)"
     )
+    parser.add_argument(
+        "--fork-per-job", action="store_true", help="run each job in a fresh work horse"
+    )
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1")
     args = parser.parse_args(argv)
@@ -37,7 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from workers.worker import run_pool
 
-    return run_pool(concurrency=args.concurrency, burst=args.burst, metrics_port=args.metrics_port)
+    return run_pool(
+        concurrency=args.concurrency,
+        burst=args.burst,
+        metrics_port=args.metrics_port,
+        fork_per_job=args.fork_per_job,
+    )
 
 
 if __name__ == "__main__":

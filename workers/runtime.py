@@ -45,7 +45,7 @@ def get_deliverer() -> Deliverer:
         from webapp.extensions import get_db
 
         app = get_app()
-        mailer = make_mailer(app.config)
+        mailer = make_mailer(app.config, keep_alive=True)
         mailer.preload()
         _deliverer = Deliverer(get_db(app), mailer, app.config)
     _deliverer.worker_name = worker_name()

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import redis
-from rq import Queue, Worker
+from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker_pool import WorkerPool
@@ -28,8 +28,21 @@ class WorkHorseKilled(Exception):
     """The process running the handlers died (killed, out of memory, timeout)."""
 
 
-class OutboxWorker(Worker):
-    """One RQ worker process. Forks a work horse per job."""
+class OutboxWorker(SimpleWorker):
+    """One RQ worker process, running its jobs itself: the pooled database
+    connections are reused from job to job (a fork per job costs more than the
+    handlers). Isolation comes from the pool, which respawns a worker that died;
+    the relay's lease brings back the message it was handling."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("serializer", JSONSerializer)
+        super().__init__(*args, **kwargs)
+        runtime.after_fork()  # forked from the pool: open our own connections
+
+
+class ForkingOutboxWorker(Worker):
+    """``--fork-per-job``: a fresh work horse per job (memory leaks and crashes of a
+    handler die with the horse), at the price of a fork and new connections."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("serializer", JSONSerializer)
@@ -89,7 +102,10 @@ class OutboxWorkerPool(WorkerPool):
 
 
 def run_pool(
-    concurrency: int | None = None, burst: bool = False, metrics_port: int | None = None
+    concurrency: int | None = None,
+    burst: bool = False,
+    metrics_port: int | None = None,
+    fork_per_job: bool = False,
 ) -> int:
     app = runtime.get_app({"SERVICE_NAME": "les-worker"})
     from sqlalchemy.orm import configure_mappers
@@ -106,7 +122,7 @@ def run_pool(
         list(QUEUES),
         connection=connection,
         num_workers=concurrency or int(app.config["BACKGROUND_MAX_CONCURRENCY"]),
-        worker_class=OutboxWorker,
+        worker_class=ForkingOutboxWorker if fork_per_job else OutboxWorker,
         serializer=JSONSerializer,
         cleanup_interval=CLEANUP_INTERVAL_SECONDS,
     )

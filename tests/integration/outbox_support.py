@@ -50,6 +50,8 @@ class _SinkHandler:
         mail = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self.sink.lock:
             self.sink.messages.append(mail)  # type: ignore[arg-type]
+            for rcpt in envelope.rcpt_tos:
+                self.sink.received[rcpt] = self.sink.received.get(rcpt, 0) + 1
         return "250 Message accepted for delivery"
 
 
@@ -58,6 +60,8 @@ class SmtpSink:
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
+        #: envelope recipient -> mails accepted for it
+        self.received: dict[str, int] = {}
         self.lock = threading.Lock()
         self.reject = False
         self.port = free_port()
@@ -178,3 +182,138 @@ def start_worker(
     return Background(
         ["-m", "workers", "--concurrency", str(concurrency)], env, tmp_path / f"{name}.log"
     )
+
+
+class ThrowawayRedis:
+    """A private redis-server on a spare loopback port (no persistence)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> ThrowawayRedis:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        wait_until(lambda: _pings(redis.Redis(port=self.port, socket_timeout=0.2)), 10)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+def _pings(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class ThrowawayPostgres:
+    """A private PostgreSQL cluster (initdb + pg_ctl) on a spare loopback port.
+    initdb refuses root, so the cluster runs as the ``postgres`` user then."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="les-pg-"))
+        self.data = self.directory / "data"
+        self._as_postgres = os.geteuid() == 0
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        command = [str(a) for a in args]
+        if self._as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, timeout=timeout, capture_output=True)
+
+    def start(self) -> ThrowawayPostgres:
+        if self._as_postgres:
+            import shutil
+
+            shutil.chown(self.directory, "postgres", "postgres")
+        self._run(PG_BIN / "initdb", "-A", "trust", "-U", "postgres", "--no-sync", "-D", self.data)
+        self._ctl("start")
+        return self
+
+    def _ctl(self, action: str, *extra: str) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(
+            PG_BIN / "pg_ctl",
+            "-D",
+            self.data,
+            "-l",
+            self.directory / "server.log",
+            "-o",
+            options,
+            "-w",
+            action,
+            *extra,
+        )
+
+    def restart(self) -> None:
+        self._ctl("restart", "-m", "fast")
+
+    def stop(self) -> None:
+        import shutil
+
+        with contextlib.suppress(Exception):
+            self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class BlackHole:
+    """A TCP server that accepts connections and never answers (a hung Redis)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(50)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()

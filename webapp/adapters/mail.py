@@ -43,7 +43,9 @@ def message_id_for(message_key: str, sender: str) -> str:
 class Mailer:
     """Renders and delivers mails. ``SMTP_HOST`` empty -> ``MAILBOX_DIR`` files."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], keep_alive: bool = False) -> None:
+        #: keep the SMTP session open between mails (long-lived worker processes)
+        self.keep_alive = keep_alive
         self.sender = str(config.get("MAIL_FROM") or "Live Events <events@example.test>")
         self.host = str(config.get("SMTP_HOST") or "")
         self.port = int(config.get("SMTP_PORT") or 25)
@@ -54,6 +56,7 @@ class Mailer:
         self.timeout = float(config.get("SMTP_TIMEOUT") or 10.0)
         self.mailbox_dir = Path(str(config.get("MAILBOX_DIR") or "var/mailbox"))
         self.env = _environment()
+        self._smtp: smtplib.SMTP | None = None
 
     def preload(self) -> None:
         """Compile every mail template now (before a worker forks its children)."""
@@ -95,6 +98,26 @@ class Mailer:
                 self._write_mailbox(mail, message_key)
 
     def _send_smtp(self, mail: EmailMessage) -> None:
+        """Send over the process's open SMTP session (opened on first use, reopened
+        once if the server closed it meanwhile)."""
+        for attempt in (1, 2):
+            fresh = self._smtp is None
+            try:
+                if self._smtp is None:
+                    self._smtp = self._connect()
+                self._smtp.send_message(mail)
+                if not self.keep_alive:
+                    self.close()
+                return
+            except (smtplib.SMTPServerDisconnected, ConnectionError) as error:
+                self.close()
+                if fresh or attempt == 2:
+                    raise error
+            except BaseException:
+                self.close()  # unknown session state after a refusal: start clean
+                raise
+
+    def _connect(self) -> smtplib.SMTP:
         smtp: smtplib.SMTP
         if self.use_ssl:
             smtp = smtplib.SMTP_SSL(
@@ -102,12 +125,24 @@ class Mailer:
             )
         else:
             smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        with smtp:
+        try:
             if self.use_tls and not self.use_ssl:
                 smtp.starttls(context=ssl.create_default_context())
             if self.username:
                 smtp.login(self.username, self.password)
-            smtp.send_message(mail)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def close(self) -> None:
+        """Quit the SMTP session, if one is open."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                smtp.close()
 
     def _write_mailbox(self, mail: EmailMessage, message_key: str) -> None:
         """One file per logical mail (named after the key): a redelivery overwrites it."""
@@ -119,5 +154,5 @@ class Mailer:
         os.replace(tmp, self.mailbox_dir / name)
 
 
-def make_mailer(config: dict[str, Any]) -> Mailer:
-    return Mailer(config)
+def make_mailer(config: dict[str, Any], keep_alive: bool = False) -> Mailer:
+    return Mailer(config, keep_alive=keep_alive)
