@@ -1,0 +1,159 @@
+"""The relay in-process against real databases and Redis: claims, leases, JSON jobs,
+concurrent relays, wake-ups on SQLite."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from sqlalchemy import select
+
+from tests.conftest import make_app
+from tests.integration.outbox_support import free_port, wait_until
+from webapp.adapters.tables import outbox_messages
+from webapp.extensions import get_db
+from webapp.services import events as event_service
+from webapp.services import registrations as registration_service
+from workers import HANDLE_MESSAGE_JOB, OUTBOX_QUEUE
+from workers.relay import Relay, start_in_thread
+
+pytestmark = pytest.mark.redis
+
+
+def _event(app: Flask) -> int:
+    details = event_service.EventDetails(
+        title="Relay Evening",
+        description="d",
+        venue="Hub",
+        start_date=datetime.now(UTC) + timedelta(days=1),
+    )
+    return event_service.create_event(get_db(app).unit_of_work, details, 1000)
+
+
+def _register(app: Flask, event_id: int, n: int, prefix: str = "r") -> None:
+    for i in range(n):
+        registration_service.register(
+            get_db(app).unit_of_work, event_id, "R", f"{prefix}{i}@example.test"
+        )
+
+
+def _rows(app: Flask) -> list[dict[str, Any]]:
+    with get_db(app).engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(outbox_messages))]
+
+
+def _relay(app: Flask, name: str, redis_url: str, **kw: Any) -> Relay:
+    return Relay(
+        get_db(app),
+        redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1),
+        app.config["DATABASE_URL"],
+        name=name,
+        **kw,
+    )
+
+
+@pytest.fixture
+def relay_app(db_url: str, redis_url: str) -> Iterator[Flask]:
+    app = make_app(db_url, redis_url)
+    yield app
+    get_db(app).engine.dispose()
+
+
+def test_dispatch_enqueues_one_json_job_per_message(relay_app: Flask, redis_url: str) -> None:
+    event_id = _event(relay_app)
+    _register(relay_app, event_id, 3)
+    relay = _relay(relay_app, "relay-t", redis_url)
+    assert relay.dispatch_once() == 3
+    queue = Queue(OUTBOX_QUEUE, connection=relay.redis, serializer=JSONSerializer)
+    rows = _rows(relay_app)
+    assert sorted(queue.job_ids) == sorted(str(r["Id"]) for r in rows)
+    job = Job.fetch(str(rows[0]["Id"]), connection=relay.redis, serializer=JSONSerializer)
+    assert job.func_name == HANDLE_MESSAGE_JOB and job.args == [str(rows[0]["Id"])]
+    assert job.meta["message_type"] == "RegistrationCreated"
+    for row in rows:
+        assert row["DispatchedAt"] is not None and row["LockedBy"] == "relay-t"
+        assert row["LockedUntil"] > row["DispatchedAt"]
+    assert relay.dispatch_once() == 0  # leased: nobody claims them again
+
+
+def test_expired_lease_of_a_still_queued_job_is_not_enqueued_twice(
+    relay_app: Flask, redis_url: str
+) -> None:
+    event_id = _event(relay_app)
+    _register(relay_app, event_id, 1)
+    relay = _relay(relay_app, "relay-t", redis_url, lease_seconds=0.2)
+    assert relay.dispatch_once() == 1
+    time.sleep(0.3)
+    assert relay.dispatch_once() == 1  # the lease ran out: claimed again ...
+    queue = Queue(OUTBOX_QUEUE, connection=relay.redis, serializer=JSONSerializer)
+    assert queue.count == 1  # ... but its job still waits for a worker: not sent twice
+    [row] = _rows(relay_app)
+    assert row["LockedUntil"] > datetime.now(UTC)
+
+
+def test_redis_down_leaves_the_messages_pending(relay_app: Flask) -> None:
+    event_id = _event(relay_app)
+    _register(relay_app, event_id, 2)
+    relay = _relay(relay_app, "relay-t", f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(redis.ConnectionError):
+        relay.dispatch_once()
+    rows = _rows(relay_app)
+    assert [(r["LockedBy"], r["DispatchedAt"], r["ProcessedAt"]) for r in rows] == [
+        (None, None, None)
+    ] * 2
+
+
+@pytest.mark.postgres
+def test_two_relays_racing_never_dispatch_a_message_twice(
+    postgres_url: str, redis_url: str
+) -> None:
+    app = make_app(postgres_url, redis_url)
+    try:
+        event_id = _event(app)
+        _register(app, event_id, 150)
+        relays = [_relay(app, f"relay-{k}", redis_url, batch_size=10) for k in range(3)]
+        claimed: dict[str, int] = {}
+
+        def drain(relay: Relay) -> None:
+            total = 0
+            while (n := relay.dispatch_once()) > 0:
+                total += n
+            claimed[relay.name] = total
+
+        threads = [threading.Thread(target=drain, args=(r,)) for r in relays]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert sum(claimed.values()) == 150
+        queue = Queue(OUTBOX_QUEUE, connection=relays[0].redis, serializer=JSONSerializer)
+        ids = queue.job_ids
+        assert len(ids) == 150 and len(set(ids)) == 150
+    finally:
+        get_db(app).engine.dispose()
+
+
+def test_in_process_relay_on_sqlite_is_woken_by_the_commit(sqlite_url: str, redis_url: str) -> None:
+    app = make_app(sqlite_url, redis_url)
+    relay = start_in_thread(app, name="embedded", poll_interval=1.0)
+    try:
+        event_id = _event(app)
+        time.sleep(0.2)
+        _register(app, event_id, 1)
+        queue = Queue(OUTBOX_QUEUE, connection=relay.redis, serializer=JSONSerializer)
+        wait_until(lambda: _rows(app)[0]["DispatchedAt"] is not None, 5, interval=0.01)
+        [row] = _rows(app)
+        assert queue.job_ids == [str(row["Id"])]
+    finally:
+        relay.stop()
+        time.sleep(0.1)
+        get_db(app).engine.dispose()

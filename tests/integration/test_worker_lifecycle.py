@@ -1,0 +1,119 @@
+"""The worker pool process: graceful SIGTERM (the current job finishes), the
+scheduled outbox cleanup, heartbeats and the metrics endpoint."""
+
+from __future__ import annotations
+
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import insert, select
+
+from tests.conftest import make_app
+from tests.integration.outbox_support import (
+    Background,
+    SmtpSink,
+    free_port,
+    process_env,
+    start_relay,
+    start_worker,
+    wait_until,
+)
+from webapp.adapters import heartbeats
+from webapp.adapters.tables import outbox_messages
+from webapp.extensions import get_db
+from webapp.services import events as event_service
+from webapp.services import registrations as registration_service
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+o = outbox_messages.c
+
+
+def test_sigterm_finishes_the_current_job_then_exits(
+    postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    smtp = SmtpSink().start()
+    app = make_app(postgres_url, redis_url, **smtp.config())
+    old_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    with get_db(app).engine.begin() as conn:  # processed long ago: the cleanup's target
+        conn.execute(
+            insert(outbox_messages).values(
+                Id=old_id,
+                Type="RegistrationCreated",
+                Data="{}",
+                CreatedAt=now - timedelta(days=30),
+                ProcessedAt=now - timedelta(days=29),
+                RetryCount=0,
+                MaxRetryCount=3,
+            )
+        )
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "gate").touch()
+    metrics_port = free_port()
+    env = process_env(
+        postgres_url,
+        redis_url,
+        **smtp.config(),
+        LES_EXTRA_HANDLER_MODULES="tests.integration.fault_handlers",
+        LES_TEST_BLOCK_DIR=block,
+    )
+    relay = start_relay(tmp_path, env, "relay-a")
+    worker = start_worker(tmp_path, env, "worker-1")
+    worker_with_metrics = None
+    try:
+        client = redis.Redis.from_url(redis_url)
+        wait_until(lambda: heartbeats.last_beat(client, "worker"), 30)
+        details = event_service.EventDetails(
+            title="Shutdown", description="d", venue="v", start_date=now + timedelta(days=1)
+        )
+        event_id = event_service.create_event(get_db(app).unit_of_work, details, 10)
+        registration_service.register(get_db(app).unit_of_work, event_id, "T", "t@example.test")
+        wait_until(lambda: list(block.glob("started-*")), 30)
+
+        # the scheduled cleanup ran at start: the old processed message is gone
+        with get_db(app).engine.connect() as conn:
+            assert conn.execute(select(o.Id).where(o.Id == old_id)).first() is None
+        assert client.exists("les:outbox:cleanup-scheduled")
+
+        worker.proc.send_signal(15)  # SIGTERM while the handler is busy
+        with pytest.raises(AssertionError):
+            wait_until(lambda: worker.proc.poll() is not None, 1.0)
+        (block / "gate").unlink()
+        assert worker.proc.wait(timeout=20) == 0
+        with get_db(app).engine.connect() as conn:
+            processed = conn.execute(select(o.ProcessedAt).where(o.Id != old_id)).scalar_one()
+        assert processed is not None, "the job in progress was finished, not dropped"
+        assert list(block.glob("finished-*"))
+
+        # metrics of the handlers, served by the pool on 127.0.0.1
+        worker_with_metrics = Background(
+            ["-m", "workers", "--concurrency", "1", "--metrics-port", str(metrics_port)],
+            env,
+            tmp_path / "worker-3.log",
+        )
+        registration_service.register(get_db(app).unit_of_work, event_id, "U", "u@example.test")
+        wait_until(lambda: len(smtp.to("u@example.test")) == 1, 30)
+
+        def scrape() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+                    return str(r.read().decode())
+            except OSError:
+                return ""
+
+        text = wait_until(
+            lambda: (t := scrape()) and 'message_type="RegistrationCreated"' in t and t, 20
+        )
+        assert "les_handler_duration_seconds_count" in text
+    finally:
+        relay.stop()
+        worker.stop()
+        if worker_with_metrics:
+            worker_with_metrics.stop()
+        smtp.stop()
+        get_db(app).engine.dispose()
