@@ -117,3 +117,63 @@ def test_sigterm_finishes_the_current_job_then_exits(
             worker_with_metrics.stop()
         smtp.stop()
         get_db(app).engine.dispose()
+
+
+def test_fork_per_job_a_killed_work_horse_counts_as_a_failed_attempt(
+    postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    import os
+    import signal
+
+    from webapp.adapters.tables import outbox_attempts
+
+    smtp = SmtpSink().start()
+    app = make_app(postgres_url, redis_url, **smtp.config())
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "gate").touch()
+    env = process_env(
+        postgres_url,
+        redis_url,
+        **smtp.config(),
+        OUTBOX_RETRY_DELAY_SECONDS=0.2,
+        LES_EXTRA_HANDLER_MODULES="tests.integration.fault_handlers",
+        LES_TEST_BLOCK_DIR=block,
+    )
+    relay = start_relay(tmp_path, env, "relay-a")
+    worker = Background(
+        ["-m", "workers", "--concurrency", "1", "--fork-per-job"], env, tmp_path / "w.log"
+    )
+    try:
+        details = event_service.EventDetails(
+            title="Horse",
+            description="d",
+            venue="v",
+            start_date=datetime.now(UTC) + timedelta(days=1),
+        )
+        event_id = event_service.create_event(get_db(app).unit_of_work, details, 10)
+        registration_service.register(get_db(app).unit_of_work, event_id, "H", "h@example.test")
+        wait_until(lambda: list(block.glob("started-*")), 30)
+        horse = int((block / "pid").read_text())
+        assert horse != worker.pid and horse in worker.descendants()
+        os.kill(horse, signal.SIGKILL)
+        (block / "gate").unlink()
+        with get_db(app).engine.connect() as conn:
+
+            def processed() -> bool:
+                return conn.execute(select(o.ProcessedAt)).scalar_one() is not None
+
+            wait_until(processed, 30)
+            history = conn.execute(
+                select(outbox_attempts.c.Succeeded, outbox_attempts.c.ErrorType).order_by(
+                    outbox_attempts.c.Id
+                )
+            ).all()
+        assert [tuple(h) for h in history] == [(False, "WorkHorseKilled"), (True, None)]
+        assert len(smtp.to("h@example.test")) == 1
+        assert worker.proc.poll() is None  # the worker itself lived on
+    finally:
+        relay.stop()
+        worker.stop()
+        smtp.stop()
+        get_db(app).engine.dispose()
