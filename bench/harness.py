@@ -93,11 +93,13 @@ class Options:
         a = p.parse_args(argv)
         o = cls(quick=a.quick)
         if a.quick:
-            o.duration, o.warmup = 2.0, 0.5
+            o.duration, o.warmup = 1.5, 0.5
+            o.concurrencies = (1, 32)
             o.background_duration, o.pgbench_duration = 4.0, 3.0
             o.baseline_scenarios = ("event_detail", "register_free")
             o.baseline_concurrencies = (32,)
-            o.settle_s, o.drain_s = 3.0, 15.0
+            o.settle_s, o.drain_s = 1.0, 10.0
+            o.dead_letters = 20_000  # the full run proves the 100,000 figure
         if a.duration:
             o.duration = a.duration
         if a.concurrency:
@@ -194,7 +196,7 @@ class Bench:
         self.conn: psycopg.Connection[Any] | None = None
 
     def env(self, baseline: bool) -> dict[str, str]:
-        mailbox = self.workdir / ("mailbox-baseline" if baseline else "mailbox")
+        mailbox = self.workdir / "mailbox"  # one mail file per logical mail, both builds
         return {
             "ENV": "production",
             "SECRET_KEY": SECRET_KEY,
@@ -419,7 +421,7 @@ class Bench:
             check=True,
         )
         load = json.loads(proc.stdout)
-        drained = wait_for(lambda: self.pending(since) == 0, timeout=90)
+        drained = wait_for(lambda: self.pending(since) == 0, timeout=self.o.drain_s)
         rows = self.conn.execute(
             'SELECT "Type", extract(epoch FROM ("ProcessedAt" - "CreatedAt")) '
             'FROM "OutboxMessages" WHERE "CreatedAt" >= %s AND "ProcessedAt" IS NOT NULL',
@@ -528,7 +530,7 @@ class Bench:
                 'FROM "OutboxMessages" GROUP BY 1'
             ).fetchall()
         )
-        mailbox = self.workdir / ("mailbox-baseline" if baseline else "mailbox")
+        mailbox = self.workdir / "mailbox"
         mails = len(list(mailbox.glob("*.eml"))) if mailbox.exists() else 0
         expected = expected_mails(c)
         result = {
@@ -658,10 +660,11 @@ def statements_probe(env: dict[str, str], seeded: Seeded) -> dict[str, Any]:
 
     app = _app(env)
     engine = get_db(app).engine
-    counter = {"n": 0}
+    counter: dict[str, Any] = {"n": 0, "sql": []}
 
-    def count(*_args: Any) -> None:
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         counter["n"] += 1
+        counter["sql"].append(" ".join(statement.split())[:90])
 
     event.listen(engine, "before_cursor_execute", count)
     client = app.test_client()
@@ -670,9 +673,11 @@ def statements_probe(env: dict[str, str], seeded: Seeded) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     def measure(name: str, method: str, path: str, data: dict[str, str] | None = None) -> Any:
-        counter["n"] = 0
+        counter["n"], counter["sql"] = 0, []
         response = client.open(path, method=method, data=data, base_url=base, headers=headers)
         out[name] = {"statements": counter["n"], "status": response.status_code}
+        if method == "POST":
+            out[name]["sql"] = counter["sql"]
         return response
 
     from bench.loadgen import form_fields

@@ -3,6 +3,7 @@ as separate processes, plus a sampler of their peak memory and a /metrics reader
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -170,23 +171,26 @@ class Stack:
             out[role] = total
         return out
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM every role, SIGKILL what is still running after ``grace`` seconds (a
+        worker in the middle of a long fan-out job; delivery is at-least-once and the
+        correctness checks ran before the stop)."""
         self._stop.set()
-        for role in ("web", "relay", "worker"):
-            proc = self.processes.get(role)
-            if proc is None or proc.poll() is not None:
-                continue
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.processes.values():
             try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-        for role, proc in self.processes.items():
-            try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
-            del role
+        for proc in self.processes.values():  # children left in the group (work horses)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
         if self._sampler is not None:
             self._sampler.join(timeout=2)
 
