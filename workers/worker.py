@@ -16,6 +16,7 @@ from rq.serializers import JSONSerializer
 from rq.worker_pool import WorkerPool
 
 from webapp.adapters import heartbeats
+from webapp.adapters.query_stats import flush_query_stats
 from workers import CLEANUP_JOB, HANDLE_MESSAGE_JOB, MAINTENANCE_QUEUE, QUEUES, runtime
 
 log = logging.getLogger("workers")
@@ -52,6 +53,14 @@ class ForkingOutboxWorker(Worker):
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         runtime.after_fork()  # the horse opens its own connections
         super().main_work_horse(job, queue)
+
+    def perform_job(self, job: Job, queue: Queue) -> bool:
+        """In the horse, which ends with ``os._exit`` (no atexit): hand this job's SQL
+        timings to Redis before it goes."""
+        try:
+            return bool(super().perform_job(job, queue))
+        finally:
+            flush_query_stats()
 
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         """A horse that died mid-job counts as a failed attempt of its message (it
