@@ -253,11 +253,18 @@ def _mark(met: bool | None) -> str:
     return {True: "met", False: "**missed**", None: "not measured"}[met]
 
 
+def _cpu(shares: dict[str, float] | None) -> str:
+    """Cores used per role, e.g. ``1.41 / 0.05 / 0.32``."""
+    if not shares:
+        return "-"
+    return " / ".join(f"{shares.get(role, 0):.2f}" for role in ("web", "relay", "worker"))
+
+
 def scenario_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| scenario | clients | ops/s | HTTP req/s | latency of | p50 ms | p95 ms | p99 ms "
-        "| errors | SQL/req | DB xact/req | cache hit | load-gen CPU |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| errors | SQL/req | DB xact/req | cache hit | load-gen CPU | web / relay / worker CPU |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         kind = primary_kind(r["scenario"])
@@ -272,12 +279,14 @@ def scenario_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {_fmt(lat.get('p95'), 2)} | {_fmt(lat.get('p99'), 2)} | {r['errors']} "
             f"| {_fmt(sql, 2)} | {_fmt(r.get('db_transactions_per_request'), 2)} "
             f"| {'-' if hit is None else f'{hit * 100:.1f} %'} "
-            f"| {_fmt((r.get('loadgen_cpu_share') or 0) * 100, 0)} % |"
+            f"| {_fmt((r.get('loadgen_cpu_share') or 0) * 100, 0)} % "
+            f"| {_cpu(r.get('server_cpu_share'))} |"
         )
     return lines
 
 
-def markdown(results: dict[str, Any], results_path: str) -> str:
+def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> str:
+    """The report; ``analysis`` (bench/ANALYSIS.md, written by hand) is appended."""
     m = results["machine"]
     s = results["settings"]
     out = [
@@ -318,7 +327,9 @@ def markdown(results: dict[str, Any], results_path: str) -> str:
         "`latency of` names the request whose latency is shown (`post` = the registration / "
         "cancel POST alone). `SQL/req` comes from the app's statement counter in /metrics "
         "(web processes only); `DB xact/req` from pg_stat_database (all processes, relay and "
-        "worker included).",
+        "worker included). `web / relay / worker CPU`: cores used by each process tree "
+        "during the run (the machine has "
+        f"{m['cpu_cores']}; PostgreSQL, Redis and the load generator use the rest).",
         "",
         *scenario_table(results.get("scenarios", [])),
         "",
@@ -428,4 +439,6 @@ def markdown(results: dict[str, Any], results_path: str) -> str:
     notes = results.get("notes") or []
     if notes:
         out += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    if analysis:
+        out += [analysis.strip(), ""]
     return "\n".join(out) + "\n"

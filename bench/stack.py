@@ -30,8 +30,8 @@ class WebSettings:
     """The gunicorn worker model (chosen from measurements, see docs/PERFORMANCE.md)."""
 
     worker_class: str = "gthread"
-    workers: int = 3
-    threads: int = 4
+    workers: int = 2  # one per core: the request path is CPU-bound Python (GIL per process)
+    threads: int = 8  # overlap the ~25 PostgreSQL/Redis round trips of a registration
     backlog: int = 2048
     keepalive: int = 5
 
