@@ -654,10 +654,14 @@ def machine() -> dict[str, Any]:
 
 # -- in-process measurements (the web's own code, no HTTP in between) -----------------------
 def _app(env: dict[str, str]) -> Any:
+    import logging
+
     os.environ.update(env)
     from webapp import create_app
 
-    return create_app()
+    app = create_app()
+    logging.getLogger("les").setLevel(logging.WARNING)  # no request log lines in our output
+    return app
 
 
 def statements_probe(env: dict[str, str], seeded: Seeded) -> dict[str, Any]:
@@ -716,8 +720,48 @@ def statements_probe(env: dict[str, str], seeded: Seeded) -> dict[str, Any]:
     fields = form_fields(page.data)
     measure("cancel_post_with_promotion", "POST", f"/registrations/{token}/cancel", fields)
     event.remove(engine, "before_cursor_execute", count)
+    out["cpu_ms_per_request"] = cpu_per_request(client, base, headers, seeded)
     engine.dispose()
     return out
+
+
+def cpu_per_request(client: Any, base: str, headers: dict[str, str], seeded: Seeded) -> dict:
+    """CPU time of the app's own work per request (Flask test client, warm cache, no
+    HTTP server): the ceiling on throughput is cores / this. Median of 5 batches."""
+    from bench.loadgen import form_fields
+
+    def timed(call: Any, n: int) -> float:
+        batches = []
+        for _ in range(5):
+            started = time.process_time()
+            for i in range(n):
+                call(i)
+            batches.append((time.process_time() - started) / n * 1000)
+        return round(sorted(batches)[2], 3)
+
+    event_id = seeded.open_ids[-2]
+    counter = {"n": 0}
+
+    def register(_i: int) -> None:
+        counter["n"] += 1
+        page = client.get(f"/events/{event_id}", base_url=base, headers=headers)
+        fields = form_fields(page.data)
+        fields.update(name="Cpu Probe", email=f"cpu-{counter['n']}@bench.example.com")
+        posted = client.post(
+            f"/events/{event_id}/register", data=fields, base_url=base, headers=headers
+        )
+        assert posted.status_code == 303, posted.status_code
+        client.get(posted.headers["Location"], base_url=base, headers=headers)
+
+    client.get("/", base_url=base, headers=headers)
+    client.get(f"/events/{event_id}", base_url=base, headers=headers)
+    return {
+        "event_list": timed(lambda _i: client.get("/", base_url=base, headers=headers), 40),
+        "event_detail": timed(
+            lambda _i: client.get(f"/events/{event_id}", base_url=base, headers=headers), 40
+        ),
+        "registration_flow_3_requests": timed(register, 8),
+    }
 
 
 def time_dashboard(env: dict[str, str], seeded: Seeded) -> dict[str, Any]:
