@@ -32,7 +32,7 @@ def gunicorn(postgres_url: str, redis_url: str, tmp_path: Path):
 
 def _get(url: str) -> int:
     # a new connection per request: the kernel spreads them over the workers
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=30) as client:
         return client.get(url, headers={"Connection": "close"}).status_code
 
 
