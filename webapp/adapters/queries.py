@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -68,17 +68,17 @@ def event_detail(db: Executor, event_id: int) -> dict[str, Any] | None:
     return _row(row._mapping) if row else None
 
 
-def _position_of(queue_key: Any) -> Any:
-    """Scalar subquery: 1-based waitlist position of ``queue_key`` in its event."""
-    inner = registrations.alias("ahead")
+def _registration_columns() -> tuple[Any, ...]:
+    r = registrations.c
     return (
-        select(func.count())
-        .where(
-            inner.c.EventId == registrations.c.EventId,
-            inner.c.Status == WAITLISTED,
-            inner.c.PositionInQueue <= queue_key,
-        )
-        .scalar_subquery()
+        r.Id.label("registration_id"),
+        r.EventId.label("event_id"),
+        r.Status.label("status"),
+        r.PositionInQueue.label("queue_key"),
+        r.CreatedAt.label("created_at"),
+        r.CancelledAt.label("cancelled_at"),
+        users.c.Name.label("name"),
+        users.c.Email.label("email"),
     )
 
 
@@ -87,14 +87,7 @@ def registration_status(db: Executor, registration_id: str | uuid.UUID) -> dict[
     r = registrations.c
     stmt = (
         select(
-            r.Id.label("registration_id"),
-            r.EventId.label("event_id"),
-            r.Status.label("status"),
-            r.PositionInQueue.label("queue_key"),
-            r.CreatedAt.label("created_at"),
-            r.CancelledAt.label("cancelled_at"),
-            users.c.Name.label("name"),
-            users.c.Email.label("email"),
+            *_registration_columns(),
             events.c.Title.label("event_title"),
             events.c.StartDate.label("start_date"),
             events.c.Venue.label("venue"),
@@ -212,16 +205,7 @@ def registration_record(db: Executor, registration_id: str | uuid.UUID) -> dict[
     """A registration with its attendee (no event columns, no position)."""
     r = registrations.c
     stmt = (
-        select(
-            r.Id.label("registration_id"),
-            r.EventId.label("event_id"),
-            r.Status.label("status"),
-            r.PositionInQueue.label("queue_key"),
-            r.CreatedAt.label("created_at"),
-            r.CancelledAt.label("cancelled_at"),
-            users.c.Name.label("name"),
-            users.c.Email.label("email"),
-        )
+        select(*_registration_columns())
         .join(users, users.c.Id == r.UserId)
         .where(r.Id == _as_uuid(registration_id))
     )
@@ -246,7 +230,6 @@ def hottest_event_ids(db: Executor, now: datetime, limit: int = 10) -> list[int]
 
 __all__ = [
     "all_events",
-    "and_",
     "event_attendees",
     "event_counts",
     "event_detail",
