@@ -19,16 +19,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, text, update
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
+from webapp.adapters.audit import record_audit, update_audit
 from webapp.adapters.dashboard_queries import (
     DeadLetterFilter,
     dead_condition,
     matching_dead_ids,
 )
 from webapp.adapters.outbox import NOTIFY_CHANNEL
-from webapp.adapters.tables import audit_log, outbox_messages
+from webapp.adapters.tables import outbox_messages
 from webapp.observability.metrics import REPLAYS
 from webapp.services.unit_of_work import UnitOfWork, utcnow
 
@@ -337,24 +338,19 @@ def _write_audit(
     outcome: str,
     reason: str | None,
 ) -> int:
+    """The action's audit row: written with its first batch, updated by later ones."""
     if audit_id is None:
-        result = session.execute(
-            insert(audit_log)
-            .values(
-                At=now,
-                Actor=actor,
-                Action=action,
-                Target=json.dumps(target, sort_keys=True),
-                Count=count,
-                Outcome=outcome,
-                Reason=reason,
-            )
-            .returning(audit_log.c.Id)
+        return record_audit(
+            session,
+            at=now,
+            actor=actor,
+            action=action,
+            target=target,
+            count=count,
+            outcome=outcome,
+            reason=reason,
         )
-        return int(result.scalar_one())
-    session.execute(
-        update(audit_log).where(audit_log.c.Id == audit_id).values(Count=count, Outcome=outcome)
-    )
+    update_audit(session, audit_id, count=count, outcome=outcome)
     return audit_id
 
 
