@@ -335,13 +335,32 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
         "",
     ]
     probe = results.get("statements_probe") or {}
-    if probe:
+    counted = {k: v for k, v in probe.items() if isinstance(v, dict) and "statements" in v}
+    if counted:
         out += [
             "### SQL statements per request (exact, counted inside the app)",
             "",
+            "Flask test client against the benchmark database and cache; `_cold` = cache "
+            "flushed first. The statements of each POST are listed in the results JSON "
+            "(`statements_probe.<request>.sql`).",
+            "",
             "| request | statements | HTTP status |",
             "|---|---:|---:|",
-            *[f"| {k} | {v['statements']} | {v['status']} |" for k, v in probe.items()],
+            *[f"| {k} | {v['statements']} | {v['status']} |" for k, v in counted.items()],
+            "",
+        ]
+    cpu = probe.get("cpu_ms_per_request") or {}
+    if cpu:
+        cores = m["cpu_cores"]
+        out += [
+            "### CPU time of the app per request (warm cache, in-process, no HTTP server)",
+            "",
+            "| request | CPU ms | ceiling with all cores on the app alone |",
+            "|---|---:|---:|",
+            *[
+                f"| {k} | {v} | {_fmt(cores * 1000 / v if v else None)} /s |"
+                for k, v in cpu.items()
+            ],
             "",
         ]
     bg = results.get("background") or {}
