@@ -20,6 +20,7 @@ registrations that do not change them.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -313,6 +314,56 @@ class Warmer:
             time.sleep(self.min_interval)
 
 
+class Refresher:
+    """Runs refresh-ahead (``refresh_after_write``) on a background thread, so the
+    writing request only pays for the invalidation. Writes that arrive while a
+    refresh runs are merged into the next one. Errors are logged and swallowed: the
+    stale keys are gone already, a failed refresh only costs a later miss."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self._pending_events: set[int] = set()
+        self._pending_registrations: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def submit(self, event_ids: set[int], registration_ids: set[str]) -> None:
+        with self._lock:
+            self._pending_events |= event_ids
+            self._pending_registrations |= registration_ids
+            self._idle.clear()
+            self._wake.set()
+            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
+                self._pid = os.getpid()  # a forked child has no thread of its parent's
+                self._thread = threading.Thread(
+                    target=self._run, name="cache-refresher", daemon=True
+                )
+                self._thread.start()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """For tests: True once no refresh is pending or running."""
+        return self._idle.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            with self._lock:
+                self._wake.clear()
+                event_ids, self._pending_events = self._pending_events, set()
+                registration_ids, self._pending_registrations = self._pending_registrations, set()
+            try:
+                refresh_after_write(self.app, event_ids, registration_ids)
+            except Exception:
+                log.warning("cache refresh after commit failed", exc_info=True)
+            with self._lock:
+                if not self._wake.is_set():
+                    self._idle.set()
+
+
 def _warming_enabled(app: Flask) -> bool:
     setting = str(app.config.get("CACHE_WARM", "auto")).strip().lower()
     if setting == "auto":
@@ -327,12 +378,12 @@ def init_app(app: Flask) -> None:
 
     layer = init_cache(app)
     warmer = Warmer(app) if layer.enabled and _warming_enabled(app) else None
+    refresher = Refresher(app)
     app.extensions["les.cache_warmer"] = warmer
+    app.extensions["les.cache_refresher"] = refresher
     get_db(app).after_commit.append(
         cache_invalidation.make_hook(
-            layer,
-            on_invalidated=warmer.request if warmer else None,
-            refresh=lambda events, regs: refresh_after_write(app, events, regs),
+            layer, on_invalidated=warmer.request if warmer else None, refresh=refresher.submit
         )
     )
     if warmer is not None:
