@@ -98,7 +98,7 @@ class Options:
             o.background_duration, o.pgbench_duration = 4.0, 3.0
             o.baseline_scenarios = ("event_detail", "register_free")
             o.baseline_concurrencies = (32,)
-            o.settle_s, o.drain_s = 1.0, 10.0
+            o.settle_s, o.drain_s = 1.0, 5.0
             o.dead_letters = 20_000  # the full run proves the 100,000 figure
         if a.duration:
             o.duration = a.duration
