@@ -326,7 +326,8 @@ class Bench:
         pids = stack.pids("web")
         if len(pids) < 2:
             return None
-        out = ROOT / "bench" / "results" / f"profile-{scenario}-{int(time.time())}.txt"
+        out = ROOT / "var" / "bench" / f"profile-{scenario}-{int(time.time())}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
         log(f"py-spy recording web worker {pids[1]} -> {out}")
         return subprocess.Popen(
             [

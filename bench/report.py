@@ -308,6 +308,13 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
         f"after {s['warmup_s']} s of warm-up, at {', '.join(map(str, s['concurrencies']))} "
         "concurrent clients.",
         "",
+        "Run it: `make bench` (full, < 10 minutes) or `make bench-quick` (< 2 minutes: "
+        "1 and 32 clients, 1.5 s per run, 20,000 dead letters). Options: "
+        "`python -m bench --help` (`--scenarios`, `--concurrency`, `--duration`, "
+        "`--workers/--threads/--worker-class`, `--profile SCENARIO` for a py-spy "
+        "profile of one web worker into `var/bench/`). It uses the database `les_bench` "
+        "(dropped and recreated) and Redis databases 10 and 11 only.",
+        "",
         "## Targets (issue 7)",
         "",
         "| target | measured | threshold | result | note |",
