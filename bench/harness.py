@@ -212,7 +212,9 @@ class Bench:
             "RATELIMIT_LOGIN": "10000000 per minute",
             "CACHE_ENABLED": "false" if baseline else "true",
             "OUTBOX_SYNC_HANDLERS": "true" if baseline else "false",
-            "OTEL_SDK_DISABLED": os.environ.get("OTEL_SDK_DISABLED", "true"),
+            # tracing on as in production (spans for Flask, SQLAlchemy, Redis), but no
+            # collector runs here: spans are created and dropped instead of exported
+            "OTEL_TRACES_EXPORTER": os.environ.get("BENCH_OTEL_TRACES_EXPORTER", "none"),
         }
 
     # -- scenario plumbing ------------------------------------------------------------------
