@@ -67,7 +67,7 @@ class Options:
     dead_letters: int = 100_000
     #: longest wait for the outbox backlog after a scenario / at the end
     settle_s: float = 15.0
-    drain_s: float = 60.0
+    drain_s: float = 45.0
     web: WebSettings = field(default_factory=WebSettings)
     baseline: bool = True
     pgbench: bool = True
