@@ -30,7 +30,7 @@ class SeedPlan:
     mid_capacity: int = 1000
     mid_confirmed: int = 900
     hot_events: int = 4  # one fresh event per hot-event run (all clients on it)
-    hot_capacity: int = 1500
+    hot_capacity: int = 150  # small: every run crosses from seats to the waitlist
 
     @property
     def registrations(self) -> int:
