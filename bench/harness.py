@@ -300,6 +300,12 @@ class Bench:
         )
         if statements is not None:
             result["sql_statements_per_request_web"] = round(statements / requests, 2)
+        waits = metric_delta(before_metrics, after_metrics, "les_db_pool_wait_seconds_count")
+        waited = metric_delta(before_metrics, after_metrics, "les_db_pool_wait_seconds_sum")
+        if waits:
+            #: mean wait for a pooled connection in the web (pool sizing evidence)
+            result["db_pool_wait_ms_mean"] = round((waited or 0) / waits * 1000, 3)
+            result["db_pool_checkouts_per_request"] = round(waits / requests, 2)
         hits = metric_delta(before_metrics, after_metrics, "les_cache_requests_total", result="hit")
         misses = metric_delta(
             before_metrics, after_metrics, "les_cache_requests_total", result="miss"

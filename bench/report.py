@@ -351,6 +351,20 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
         *scenario_table(results.get("scenarios", [])),
         "",
     ]
+    pooled = [r for r in results.get("scenarios", []) if r.get("db_pool_wait_ms_mean") is not None]
+    if pooled:
+        out += [
+            "### Connection pool (web processes, from les_db_pool_wait_seconds)",
+            "",
+            "| scenario | clients | checkouts per HTTP request | mean wait for a connection ms |",
+            "|---|---:|---:|---:|",
+            *[
+                f"| {r['scenario']} | {r['concurrency']} | {r['db_pool_checkouts_per_request']} "
+                f"| {r['db_pool_wait_ms_mean']} |"
+                for r in pooled
+            ],
+            "",
+        ]
     probe = results.get("statements_probe") or {}
     counted = {k: v for k, v in probe.items() if isinstance(v, dict) and "statements" in v}
     if counted:
