@@ -319,7 +319,7 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
         "concurrent clients.",
         "",
         "Run it: `make bench` (full, < 10 minutes) or `make bench-quick` (< 2 minutes: "
-        "1 and 32 clients, 1.5 s per run, 20,000 dead letters). Options: "
+        "1 and 32 clients, 1.2 s per run, 20,000 dead letters). Options: "
         "`python -m bench --help` (`--scenarios`, `--concurrency`, `--duration`, "
         "`--workers/--threads/--worker-class`, `--profile SCENARIO` for a py-spy "
         "profile of one web worker into `var/bench/`). It uses the database `les_bench` "
