@@ -30,7 +30,8 @@ class SeedPlan:
     mid_capacity: int = 1000
     mid_confirmed: int = 900
     hot_events: int = 4  # one fresh event per hot-event run (all clients on it)
-    hot_capacity: int = 150  # small: every run crosses from seats to the waitlist
+    hot_capacity: int = 1000
+    hot_confirmed: int = 970  # 30 seats left: every run crosses from seats to the waitlist
 
     @property
     def registrations(self) -> int:
@@ -38,6 +39,7 @@ class SeedPlan:
             self.open_events * self.open_confirmed
             + self.full_events * (self.full_capacity + self.full_waitlist)
             + self.mid_events * self.mid_confirmed
+            + self.hot_events * self.hot_confirmed
         )
 
     @property
@@ -136,7 +138,7 @@ def seed(conninfo: str, plan: SeedPlan, rng: random.Random | None = None) -> See
     for _ in range(plan.mid_events):
         result.mid_ids.append(add_event("mid", plan.mid_capacity, plan.mid_confirmed, 0))
     for _ in range(plan.hot_events):
-        result.hot_ids.append(add_event("hot", plan.hot_capacity, 0, 0))
+        result.hot_ids.append(add_event("hot", plan.hot_capacity, plan.hot_confirmed, 0))
     rng.shuffle(result.cancellable)
 
     with psycopg.connect(conninfo, autocommit=False) as conn, conn.cursor() as cur:
