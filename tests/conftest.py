@@ -157,7 +157,7 @@ def make_app(database_url: str, redis_url: str, **overrides: Any) -> Flask:
 def app(db_url: str, redis_url: str) -> Iterator[Flask]:
     application = make_app(db_url, redis_url)
     yield application
-    application.extensions["les.db"].engine.dispose()
+    application.extensions["les.db"].dispose()
 
 
 @pytest.fixture

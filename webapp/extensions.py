@@ -33,6 +33,8 @@ class Database:
     write_sessions: sessionmaker[Session]
     after_commit: list[AfterCommitHook] = field(default_factory=list)
     max_retries: int = 3
+    #: background helpers of this process that use the engine (``wait_idle(timeout)``)
+    background: list[Any] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Database:
@@ -44,6 +46,13 @@ class Database:
             write_sessions=make_session_factory(write_engine(engine)),
             max_retries=int(config.get("OUTBOX_MAX_RETRIES", 3)),
         )
+
+    def dispose(self, timeout: float = 10.0) -> None:
+        """Let background work that holds connections finish, then close the pool
+        (tests, and processes that shut down)."""
+        for helper in self.background:
+            helper.wait_idle(timeout)
+        self.engine.dispose()
 
     def unit_of_work(self) -> UnitOfWork:
         from webapp.observability.tracing import current_trace_context

@@ -65,7 +65,7 @@ def live_app(postgres_url: str, redis_url: str) -> Iterator[Flask]:
     """A PostgreSQL-backed app whose status pages poll quickly."""
     app = make_app(postgres_url, redis_url, STATUS_POLL_SECONDS=0.5)
     yield app
-    get_db(app).engine.dispose()
+    get_db(app).dispose()
 
 
 @pytest.fixture

@@ -139,7 +139,7 @@ def limited_app(db_url: str, redis_url: str) -> Iterator[Flask]:
         db_url, redis_url, RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="3 per minute"
     )
     yield application
-    get_db(application).engine.dispose()
+    get_db(application).dispose()
 
 
 def test_login_attempts_are_rate_limited_with_a_friendly_page(limited_app: Flask) -> None:

@@ -307,7 +307,7 @@ def test_cache_enabled_false_reads_the_database_every_time(db_url: str, redis_ur
         assert client.get("/").headers["X-Cache"] == "BYPASS"
         assert redis.Redis.from_url(next_redis_db(redis_url)).dbsize() == 0
     finally:
-        get_db(app).engine.dispose()
+        get_db(app).dispose()
 
 
 def test_warming_at_start_fills_the_list_and_the_hottest_events(
@@ -321,7 +321,7 @@ def test_warming_at_start_fills_the_list_and_the_hottest_events(
         for i in range(3)
     ]
     register(seed, ids[2], "Ann")
-    get_db(seed).engine.dispose()
+    get_db(seed).dispose()
 
     app = make_app(db_url, redis_url, CACHE_WARM=True)
     try:
@@ -333,4 +333,4 @@ def test_warming_at_start_fills_the_list_and_the_hottest_events(
             assert client.get("/").status_code == 200
         assert seen == []
     finally:
-        get_db(app).engine.dispose()
+        get_db(app).dispose()

@@ -76,7 +76,7 @@ def outage_app(
         CACHE_RETRY_AFTER_SECONDS=0.5,
     )
     yield app
-    get_db(app).engine.dispose()
+    get_db(app).dispose()
 
 
 def errors_counted() -> float:

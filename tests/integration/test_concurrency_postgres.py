@@ -39,7 +39,7 @@ def pg_app(postgres_url: str, redis_url: str) -> Iterator[Flask]:
     sys.setswitchinterval(0.0002)
     yield app
     sys.setswitchinterval(interval)
-    get_db(app).engine.dispose()
+    get_db(app).dispose()
 
 
 def new_event(app: Flask, capacity: int) -> int:

@@ -119,7 +119,7 @@ def test_worker_killed_mid_handler_message_processed_later_mail_sent_once(
         worker.stop()
         if second:
             second.stop()
-        get_db(app).engine.dispose()
+        get_db(app).dispose()
 
 
 def _register_over_http(app: Flask, event_id: int, email: str) -> int:
@@ -173,7 +173,7 @@ def test_redis_down_while_registering_nothing_lost_nothing_doubled(
         relay.stop()
         worker.stop()
         server.stop()
-        get_db(app).engine.dispose()
+        get_db(app).dispose()
 
 
 def test_relay_killed_after_claiming_another_relay_delivers_after_the_lease(
@@ -205,7 +205,7 @@ def test_relay_killed_after_claiming_another_relay_delivers_after_the_lease(
             relay_b.stop()
         worker.stop()
         hung_redis.close()
-        get_db(app).engine.dispose()
+        get_db(app).dispose()
 
 
 def test_always_failing_handler_follows_the_backoff_schedule_then_dead_letters(
@@ -265,7 +265,7 @@ def test_always_failing_handler_follows_the_backoff_schedule_then_dead_letters(
     finally:
         relay.stop()
         worker.stop()
-        get_db(app).engine.dispose()
+        get_db(app).dispose()
 
 
 def test_postgres_restarted_under_load_relay_and_workers_reconnect(
@@ -310,7 +310,7 @@ def test_postgres_restarted_under_load_relay_and_workers_reconnect(
             assert smtp.to(email), f"{email} got no mail"
         relay.stop()
         worker.stop()
-        get_db(app).engine.dispose()
+        get_db(app).dispose()
     finally:
         cluster.stop()
 
@@ -355,6 +355,6 @@ def test_two_relays_two_workers_thousand_messages_each_effect_once(
     finally:
         for proc in procs:
             proc.stop()
-        get_db(app).engine.dispose()
+        get_db(app).dispose()
     client = redis.Redis.from_url(redis_url)
     assert client.llen("rq:queue:outbox") == 0

@@ -82,7 +82,7 @@ def test_old_pending_message_makes_it_not_ready(db_url: str, redis_url: str) -> 
         assert 89 < outbox["oldest_pending_age_seconds"] < 120
         assert outbox["threshold_seconds"] == 60
     finally:
-        get_db(app).engine.dispose()
+        get_db(app).dispose()
 
 
 def test_redis_down_is_not_ready(sqlite_url: str) -> None:
@@ -94,4 +94,4 @@ def test_redis_down_is_not_ready(sqlite_url: str) -> None:
         assert checks["redis"] == {"ok": False, "error": "ConnectionError"}
         assert checks["database"]["ok"] is True
     finally:
-        get_db(app).engine.dispose()
+        get_db(app).dispose()

@@ -52,7 +52,7 @@ def test_request_log_line_is_json_with_ids_and_no_status_token(postgres_url, red
         assert re.fullmatch(r"[0-9a-f]{32}", line["trace_id"])
         assert "eyJpZCI6InNlY3JldCJ9" not in json.dumps(lines)
     finally:
-        get_db(app).engine.dispose()
+        get_db(app).dispose()
 
 
 @pytest.mark.postgres
@@ -93,4 +93,4 @@ def test_scrape_shows_statements_promotions_and_top_waitlists(postgres_url, redi
         assert value("les_outbox_messages", state="pending") >= 4  # no relay here
         assert value("les_outbox_oldest_pending_age_seconds") >= 0
     finally:
-        get_db(app).engine.dispose()
+        get_db(app).dispose()

@@ -36,7 +36,7 @@ def smtp() -> Iterator[SmtpSink]:
 def mail_app(db_url: str, redis_url: str, smtp: SmtpSink) -> Iterator[Flask]:
     app = make_app(db_url, redis_url, OUTBOX_RETRY_DELAY_SECONDS=2.0, **smtp.config())
     yield app
-    get_db(app).engine.dispose()
+    get_db(app).dispose()
 
 
 def deliverer(app: Flask) -> Deliverer:
@@ -269,7 +269,7 @@ def test_without_smtp_host_mails_land_in_the_mailbox_folder(
         content = files[0].read_text()
         assert "To: nia@example.test" in content and "You're registered" in content
     finally:
-        get_db(app).engine.dispose()
+        get_db(app).dispose()
 
 
 def test_inline_mode_runs_the_handlers_right_after_commit(
@@ -283,4 +283,4 @@ def test_inline_mode_runs_the_handlers_right_after_commit(
         [row] = outbox(app)
         assert row["ProcessedAt"] is not None
     finally:
-        get_db(app).engine.dispose()
+        get_db(app).dispose()

@@ -268,7 +268,7 @@ def drive_traffic(web: str, database_url: str, redis_url: str) -> None:
         EventDetails("Big meetup", "Many seats", "Hall", start, True),
         50,
     )
-    get_db(app).engine.dispose()
+    get_db(app).dispose()
 
     with httpx.Client(base_url=web, timeout=15) as client:
         for _ in range(3):

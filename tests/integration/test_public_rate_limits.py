@@ -23,7 +23,7 @@ def limited_app(sqlite_url: str, redis_url: str) -> Iterator[Flask]:
         sqlite_url, redis_url, RATELIMIT_ENABLED=True, RATELIMIT_REGISTRATION="2 per minute"
     )
     yield app
-    get_db(app).engine.dispose()
+    get_db(app).dispose()
 
 
 def _event(app: Flask) -> int:

@@ -65,7 +65,7 @@ def _relay(app: Flask, name: str, redis_url: str, **kw: Any) -> Relay:
 def relay_app(db_url: str, redis_url: str) -> Iterator[Flask]:
     app = make_app(db_url, redis_url)
     yield app
-    get_db(app).engine.dispose()
+    get_db(app).dispose()
 
 
 def test_dispatch_enqueues_one_json_job_per_message(relay_app: Flask, redis_url: str) -> None:
@@ -139,7 +139,7 @@ def test_two_relays_racing_never_dispatch_a_message_twice(
         ids = queue.job_ids
         assert len(ids) == 150 and len(set(ids)) == 150
     finally:
-        get_db(app).engine.dispose()
+        get_db(app).dispose()
 
 
 def test_in_process_relay_on_sqlite_is_woken_by_the_commit(sqlite_url: str, redis_url: str) -> None:
@@ -156,4 +156,4 @@ def test_in_process_relay_on_sqlite_is_woken_by_the_commit(sqlite_url: str, redi
     finally:
         relay.stop()
         time.sleep(0.1)
-        get_db(app).engine.dispose()
+        get_db(app).dispose()

@@ -222,4 +222,4 @@ def test_two_operators_replaying_the_same_filter_replay_each_message_once(
     with _engine(app).connect() as conn:
         counts = conn.execute(select(om.ReplayCount)).scalars().all()
     assert sorted(set(counts)) == [1]
-    get_db(app).engine.dispose()
+    get_db(app).dispose()

@@ -60,7 +60,7 @@ def recorder() -> Iterator[Recorder]:
 def traced_app(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Flask]:
     app = make_app(postgres_url, redis_url, MAILBOX_DIR=str(tmp_path / "mailbox"))
     yield app
-    get_db(app).engine.dispose()
+    get_db(app).dispose()
 
 
 def _ancestors(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> list[str]:

@@ -116,7 +116,7 @@ def test_sigterm_finishes_the_current_job_then_exits(
         if worker_with_metrics:
             worker_with_metrics.stop()
         smtp.stop()
-        get_db(app).engine.dispose()
+        get_db(app).dispose()
 
 
 def test_fork_per_job_a_killed_work_horse_counts_as_a_failed_attempt(
@@ -176,4 +176,4 @@ def test_fork_per_job_a_killed_work_horse_counts_as_a_failed_attempt(
         relay.stop()
         worker.stop()
         smtp.stop()
-        get_db(app).engine.dispose()
+        get_db(app).dispose()

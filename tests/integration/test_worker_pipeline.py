@@ -43,7 +43,7 @@ def smtp() -> Iterator[SmtpSink]:
 def pg_app(postgres_url: str, redis_url: str, smtp: SmtpSink) -> Iterator[Flask]:
     app = make_app(postgres_url, redis_url, **smtp.config())
     yield app
-    get_db(app).engine.dispose()
+    get_db(app).dispose()
 
 
 def _event(app: Flask, capacity: int) -> int:

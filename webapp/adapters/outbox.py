@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import insert, text
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from webapp.adapters.tables import outbox_messages
@@ -42,12 +42,11 @@ def write_outbox(
 ) -> list[dict[str, object]]:
     """Insert one row per message in the session's transaction; returns the rows.
 
-    On PostgreSQL this also issues ``pg_notify``, which is delivered only if the
-    transaction commits: a rolled-back registration wakes nobody and leaves no row.
+    On PostgreSQL the insert fires the ``TR_OutboxMessages_Notify`` trigger (see the
+    migrations), whose NOTIFY is delivered only if the transaction commits: a
+    rolled-back registration wakes nobody and leaves no row.
     """
     rows = [outbox_row(m, now, trace_context, max_retries) for m in messages]
     if rows:
         session.execute(insert(outbox_messages), rows)
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
     return rows

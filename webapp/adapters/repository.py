@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid
 
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from webapp.adapters.tables import users
 from webapp.domain.model import Attendee, Event, Registration, RegistrationStatus
 
 
@@ -49,6 +51,18 @@ class RegistrationRepository:
         )
         return self.session.scalars(stmt).first()
 
+    def active_for_email(self, event_id: int, email: str) -> Registration | None:
+        stmt = (
+            select(Registration)
+            .join(users, users.c.Id == Registration.attendee_id)  # type: ignore[arg-type]
+            .where(
+                Registration.event_id == event_id,  # type: ignore[arg-type]
+                users.c.Email == email,
+                Registration.status != RegistrationStatus.CANCELLED,  # type: ignore[arg-type]
+            )
+        )
+        return self.session.scalars(stmt).first()
+
     def by_idempotency_key(self, key: str) -> Registration | None:
         stmt = select(Registration).where(Registration.idempotency_key == key)  # type: ignore[arg-type]
         return self.session.scalars(stmt).first()
@@ -82,3 +96,20 @@ class AttendeeRepository:
     def get_by_email(self, email: str) -> Attendee | None:
         stmt = select(Attendee).where(Attendee.email == email)  # type: ignore[arg-type]
         return self.session.scalars(stmt).first()
+
+    def ensure(self, attendee: Attendee) -> uuid.UUID:
+        """The id of the attendee with this email, inserting them when new: one
+        statement (``INSERT ... ON CONFLICT (Email) DO UPDATE ... RETURNING``). An
+        existing attendee keeps their name."""
+        insert = (
+            postgresql.insert
+            if self.session.get_bind().dialect.name == "postgresql"
+            else (sqlite.insert)
+        )
+        stmt = insert(users).values(
+            Id=attendee.id, Name=attendee.name, Email=attendee.email, CreatedAt=attendee.created_at
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[users.c.Email], set_={"Email": stmt.excluded.Email}
+        ).returning(users.c.Id)
+        return uuid.UUID(str(self.session.execute(stmt).scalar_one()))

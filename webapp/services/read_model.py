@@ -381,6 +381,7 @@ def init_app(app: Flask) -> None:
     refresher = Refresher(app)
     app.extensions["les.cache_warmer"] = warmer
     app.extensions["les.cache_refresher"] = refresher
+    get_db(app).background.extend(h for h in (refresher, warmer) if h is not None)
     get_db(app).after_commit.append(
         cache_invalidation.make_hook(
             layer, on_invalidated=warmer.request if warmer else None, refresh=refresher.submit

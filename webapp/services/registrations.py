@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from webapp.adapters.tables import registrations as registrations_table
 from webapp.domain import errors
@@ -43,39 +44,69 @@ def register(
     otherwise a place on the waitlist.
 
     The event row is locked for the decision, so concurrent registrations are
-    serialized per event and never overbook. Resubmitting the same form
-    (``idempotency_key``) returns the registration it created.
-    Raises AlreadyRegistered when the email already holds an active registration.
+    serialized per event and never overbook. The happy path is five statements:
+    lock the event, upsert the attendee, update the event's counters, insert the
+    registration, insert the outbox rows. Duplicates are caught by the database's
+    unique indexes, which decide them under concurrency too:
+
+    - the same form submitted again (``idempotency_key``) returns the registration
+      it created (``repeated=True``);
+    - an email that already holds an active registration raises AlreadyRegistered.
     """
     candidate = Attendee(name, email, now=utcnow())  # validates before any I/O
 
     def attempt() -> RegistrationOutcome:
         with uow_factory() as uow:
-            if idempotency_key:
-                earlier = uow.registrations.by_idempotency_key(idempotency_key)
-                if earlier is not None:
-                    return _outcome(earlier, repeated=True)
             event = uow.events.get(event_id, for_update=True)
             if event is None:
                 raise errors.EventNotFound("This event does not exist.")
-            if idempotency_key:  # a concurrent double submit may have committed meanwhile
-                earlier = uow.registrations.by_idempotency_key(idempotency_key)
-                if earlier is not None:
-                    return _outcome(earlier, repeated=True)
-            attendee = uow.attendees.get_by_email(candidate.email)
-            if attendee is None:
-                attendee = Attendee(candidate.name, candidate.email, now=uow.now)
-                uow.attendees.add(attendee)
-            else:
-                active = uow.registrations.active_for(event.id, attendee.id)
-                if active is not None:
-                    raise errors.AlreadyRegistered(active.id)
+            attendee = Attendee(candidate.name, candidate.email, now=uow.now, id=candidate.id)
+            attendee.id = uow.attendees.ensure(attendee)
             registration = event.register(attendee, uow.now, idempotency_key)
             uow.registrations.add(registration)
-            uow.commit()
+            try:
+                uow.commit()
+            except IntegrityError as error:
+                uow.rollback()
+                return _existing(uow, error, event_id, candidate.email, idempotency_key)
             return _outcome(registration)
 
     return with_retries(attempt)
+
+
+def _existing(
+    uow: UnitOfWork,
+    error: IntegrityError,
+    event_id: int,
+    email: str,
+    idempotency_key: str | None,
+) -> RegistrationOutcome:
+    """After a unique-index conflict: the registration that was there first.
+
+    A resubmitted form collides on both indexes (the database reports either one),
+    so the form's key is looked up first."""
+    conflict = _violates(error, "IdempotencyKey") or _violates(error, "Active")
+    if conflict and idempotency_key:
+        earlier = uow.registrations.by_idempotency_key(idempotency_key)
+        if earlier is not None:
+            return _outcome(earlier, repeated=True)
+    if _violates(error, "Active"):
+        active = uow.registrations.active_for_email(event_id, email)
+        if active is not None:
+            raise errors.AlreadyRegistered(active.id) from None
+    raise error  # something else (or it vanished meanwhile): retried as transient
+
+
+def _violates(error: IntegrityError, index: str) -> bool:
+    """Whether ``error`` is a conflict on UX_EventRegistrations_<index>."""
+    constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+    if constraint is not None:  # PostgreSQL names the index
+        return bool(constraint == f"UX_EventRegistrations_{index}")
+    columns = {  # SQLite names the columns
+        "IdempotencyKey": "EventRegistrations.IdempotencyKey",
+        "Active": "EventRegistrations.EventId, EventRegistrations.UserId",
+    }[index]
+    return columns in str(error.orig)
 
 
 def cancel(uow_factory: UowFactory, registration_id: uuid.UUID) -> RegistrationOutcome:
