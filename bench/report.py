@@ -1,7 +1,7 @@
 """Targets, ratios and the Markdown report (docs/PERFORMANCE.md) from a results dict.
 
-Pure functions of the results JSON, so a stored results file can be re-rendered:
-``python -c "import json,bench.report as r; print(r.markdown(json.load(open(p)), p))"``.
+Pure functions of the results JSON, so a stored results file can be re-rendered with
+``python -m bench.report bench/results/<file>.json`` (rewrites docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -506,3 +506,24 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
     if analysis:
         out += [analysis.strip(), ""]
     return "\n".join(out) + "\n"
+
+
+def render(results_path: str) -> str:
+    """Re-render docs/PERFORMANCE.md from a stored results file (and bench/ANALYSIS.md)."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    path = Path(results_path).resolve()
+    results = json.loads(path.read_text())
+    analysis_file = root / "bench" / "ANALYSIS.md"
+    analysis = analysis_file.read_text() if analysis_file.exists() else ""
+    text = markdown(results, path.relative_to(root).as_posix(), analysis)
+    (root / "docs" / "PERFORMANCE.md").write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    import sys
+
+    render(sys.argv[1])
