@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,23 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from webapp import cli
 
     cli.init_app(app)
+    if not background_deferred():
+        start_background_work(app)
     return app
+
+
+def background_deferred() -> bool:
+    """True in a gunicorn master that preloads the app: it forks workers, so it must
+    not run threads (a lock held by one at fork time stays locked in the child, e.g.
+    prometheus_client's multiprocess value lock). Its workers start them instead,
+    from gunicorn's ``post_fork`` (see webapp/gunicorn_conf.py)."""
+    return os.environ.get("LES_DEFER_BACKGROUND") == str(os.getpid())
+
+
+def start_background_work(app: Flask) -> None:
+    """Start this process's background threads (cache warming, SQL timing flushes)."""
+    for start in app.extensions.get("les.process_start", []):
+        start()
 
 
 def _limits_storage_uri(redis_url: str) -> str:

@@ -34,6 +34,8 @@ for _stale in _metrics_dir.glob("*.db"):  # values of a previous run would be ad
 
 # tracer providers are built per worker, after the fork (see post_fork)
 os.environ["LES_DEFER_TRACER_PROVIDER"] = "1"
+#: no background threads in the master (it forks): the workers start them in post_fork
+os.environ["LES_DEFER_BACKGROUND"] = str(os.getpid())
 
 # -- server ---------------------------------------------------------------------------------
 bind = os.environ.get("BIND", "127.0.0.1:8000")
@@ -86,6 +88,10 @@ def post_fork(server: Any, worker: Any) -> None:
     if db is not None:
         # the master's pooled connections must not be shared: forget, don't close them
         db.engine.dispose(close=False)
+    if app is not None:  # the preloaded master started no threads: this worker does
+        from webapp import start_background_work
+
+        start_background_work(app)
 
 
 def child_exit(server: Any, worker: Any) -> None:

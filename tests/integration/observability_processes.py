@@ -3,6 +3,7 @@ Prometheus), free ports, waiting for readiness, scraping."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -121,6 +122,9 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # nothing of this server may outlive the test (a stuck worker ignores SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self._log.close()
 
 

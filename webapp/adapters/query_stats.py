@@ -203,7 +203,10 @@ def _flush_loop() -> None:
 
 
 def _ensure_flusher() -> None:
-    """One daemon thread per process flushes every collector's idle buffer."""
+    """One daemon thread per process flushes every collector's idle buffer (not in a
+    gunicorn master that forks workers: see ``webapp.background_deferred``)."""
+    if os.environ.get("LES_DEFER_BACKGROUND") == str(os.getpid()):
+        return
     thread = _flusher["thread"]
     if thread is not None and thread.is_alive() and _flusher["pid"] == os.getpid():
         return

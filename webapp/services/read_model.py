@@ -387,8 +387,8 @@ def init_app(app: Flask) -> None:
             layer, on_invalidated=warmer.request if warmer else None, refresh=refresher.submit
         )
     )
-    if warmer is not None:
-        warmer.request()
+    if warmer is not None:  # the first warm-up, once the process may run threads
+        app.extensions.setdefault("les.process_start", []).append(warmer.request)
 
 
 __all__ = [
