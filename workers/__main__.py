@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name.endswith(".db"):
                 os.remove(os.path.join(directory, name))
 
+    # the pool process forks the worker processes: it must run no background threads
+    # of its own (see webapp.background_deferred); each worker starts its own
+    os.environ["LES_DEFER_BACKGROUND"] = str(os.getpid())
     from workers.worker import run_pool
 
     return run_pool(
