@@ -37,7 +37,9 @@ _SETTINGS: list[tuple[str, Any, type]] = [
     ("OUTBOX_RETRY_DELAY_SECONDS", 5.0, float),
     ("OUTBOX_CLEANUP_DAYS", 7, int),
     ("OUTBOX_OLDEST_PENDING_THRESHOLD_SECONDS", 60, int),
-    ("OUTBOX_SYNC_HANDLERS", False, bool),  # baseline build: run async handlers inline
+    ("OUTBOX_SYNC_HANDLERS", False, bool),
+    # a queue move mails only the people it brings within this many places of a seat
+    ("WAITLIST_NOTICE_MAX_POSITION", 10, int),  # baseline build: run async handlers inline
     # Performance.Database
     ("DB_POOL_SIZE", 10, int),
     ("DB_MAX_OVERFLOW", 10, int),

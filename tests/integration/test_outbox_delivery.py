@@ -284,3 +284,28 @@ def test_inline_mode_runs_the_handlers_right_after_commit(
         assert row["ProcessedAt"] is not None
     finally:
         get_db(app).dispose()
+
+
+def test_waitlist_notices_go_only_to_people_near_a_seat(mail_app: Flask, smtp: SmtpSink) -> None:
+    """A long waitlist is not mailed at every move: only the people the move brings
+    within WAITLIST_NOTICE_MAX_POSITION places of a seat."""
+    mail_app.config["WAITLIST_NOTICE_MAX_POSITION"] = 2
+    event_id = new_event(mail_app, capacity=1)
+    first = register(mail_app, event_id, "ada")
+    waiting = ["bea", "cal", "dan", "eve"]
+    for who in waiting:
+        register(mail_app, event_id, who)
+    work = deliverer(mail_app)
+    for row in outbox(mail_app):
+        work.process(row["Id"])
+    registration_service.cancel(get_db(mail_app).unit_of_work, first.registration_id)
+    for row in outbox(mail_app):
+        if row["ProcessedAt"] is None:
+            assert work.process(row["Id"]).status == "processed"
+
+    moved = {
+        who: [m for m in smtp.to(f"{who}@example.test") if "moved up" in m["Subject"]]
+        for who in waiting[1:]
+    }
+    assert {who: len(mails) for who, mails in moved.items()} == {"cal": 1, "dan": 1, "eve": 0}
+    assert "position 2" in body(moved["dan"][0], "plain")

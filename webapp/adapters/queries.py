@@ -117,10 +117,13 @@ def waitlist_position(db: Executor, event_id: int, queue_key: int) -> int:
     return int(db.execute(stmt).scalar_one())
 
 
-def waitlist_behind(db: Executor, event_id: int, after_queue_key: int) -> list[dict[str, Any]]:
-    """Everyone waiting behind ``after_queue_key``, with their current positions."""
+def waitlist_behind(
+    db: Executor, event_id: int, after_queue_key: int, max_position: int | None = None
+) -> list[dict[str, Any]]:
+    """Everyone waiting behind ``after_queue_key`` (at most at ``max_position``), with
+    their current positions."""
     r = registrations.c
-    ranked = (
+    ranked: Any = (
         select(
             r.Id.label("registration_id"),
             r.PositionInQueue.label("queue_key"),
@@ -128,8 +131,11 @@ def waitlist_behind(db: Executor, event_id: int, after_queue_key: int) -> list[d
             func.row_number().over(order_by=r.PositionInQueue).label("position"),
         )
         .where(r.EventId == event_id, r.Status == WAITLISTED)
-        .subquery()
+        .order_by(r.PositionInQueue)
     )
+    if max_position is not None:  # the head of the queue only: an index range, not a scan
+        ranked = ranked.limit(max_position)
+    ranked = ranked.subquery()
     stmt = (
         select(
             ranked.c.registration_id,

@@ -37,6 +37,8 @@ class HandlerContext(Protocol):
     mailer: Mailer
     #: id of the outbox message being handled
     message_id: str
+    #: waitlist notices go only to people now at this position or better
+    waitlist_notice_max_position: int
 
     def status_url(self, registration_id: str) -> str: ...
 
@@ -78,9 +80,18 @@ def send_promotion_mail(message: RegistrationPromoted, ctx: HandlerContext) -> N
 
 @handles(WaitlistPositionChanged, asynchronous=True)
 def notify_waitlist_positions(message: WaitlistPositionChanged, ctx: HandlerContext) -> None:
-    """Fan-out of one queue change to everyone who moved up (done here, not in the
-    request). Each recipient is recorded in the inbox so a retry mails nobody twice."""
-    for row in queries.waitlist_behind(ctx.session, message.event_id, message.after_queue_key):
+    """Fan-out of one queue change to the people it moved up (done here, not in the
+    request): those now within ``waitlist_notice_max_position`` places of a seat, so
+    a long waitlist is not mailed at every move (everyone sees their live position
+    on the status page). Each recipient is recorded in the inbox so a retry mails
+    nobody twice."""
+    behind = queries.waitlist_behind(
+        ctx.session,
+        message.event_id,
+        message.after_queue_key,
+        max_position=ctx.waitlist_notice_max_position,
+    )
+    for row in behind:
         if not ctx.first_time(f"waitlist-notice/{row['registration_id']}"):
             continue
         ctx.mailer.send(

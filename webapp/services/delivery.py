@@ -109,8 +109,10 @@ class HandlerRun:
         message_id: uuid.UUID,
         public_base_url: str,
         secret_key: str,
+        waitlist_notice_max_position: int = 10,
     ) -> None:
         self.session = session
+        self.waitlist_notice_max_position = waitlist_notice_max_position
         self.mailer = mailer
         self.message_id = str(message_id)
         self._id = message_id
@@ -159,6 +161,7 @@ class Deliverer:
         self.db = db
         self.mailer = mailer
         self.public_base_url = str(config.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000"))
+        self.waitlist_notice_max_position = int(config.get("WAITLIST_NOTICE_MAX_POSITION", 10))
         self.secret_key = str(config.get("SECRET_KEY", ""))
         self.retry_delay_seconds = float(config.get("OUTBOX_RETRY_DELAY_SECONDS", 5.0))
         self.worker_name = worker_name or default_worker_name()
@@ -237,7 +240,14 @@ class Deliverer:
                 ).first()
                 if done is not None:
                     return
-                ctx = HandlerRun(session, self.mailer, mid, self.public_base_url, self.secret_key)
+                ctx = HandlerRun(
+                    session,
+                    self.mailer,
+                    mid,
+                    self.public_base_url,
+                    self.secret_key,
+                    self.waitlist_notice_max_position,
+                )
                 handler.func(message, ctx)
                 session.execute(
                     insert(processed_messages).values(
