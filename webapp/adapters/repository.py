@@ -17,19 +17,28 @@ class EventRepository:
         self.session = session
         #: aggregates loaded or added in this unit of work (their messages get published)
         self.seen: set[Event] = set()
+        #: events whose row this unit of work holds locked, by id
+        self._locked: dict[int, Event] = {}
 
     def add(self, event: Event) -> None:
         self.session.add(event)
         self.seen.add(event)
 
     def get(self, event_id: int, *, for_update: bool = False) -> Event | None:
-        """Load an event; ``for_update`` locks its row until commit (PostgreSQL)."""
+        """Load an event; ``for_update`` locks its row until commit (PostgreSQL).
+
+        Once locked in this unit of work, the event is current (nobody else can
+        change it) and later ``for_update`` calls return it without a query."""
+        if for_update and event_id in self._locked:
+            return self._locked[event_id]
         stmt = select(Event).where(Event.id == event_id)  # type: ignore[arg-type]
         if for_update:
             stmt = stmt.with_for_update().execution_options(populate_existing=True)
         event = self.session.scalars(stmt).one_or_none()
         if event is not None:
             self.seen.add(event)
+            if for_update:
+                self._locked[event_id] = event
         return event
 
 
@@ -42,6 +51,16 @@ class RegistrationRepository:
 
     def get(self, registration_id: uuid.UUID) -> Registration | None:
         return self.session.get(Registration, registration_id)
+
+    def get_current(self, registration_id: uuid.UUID) -> Registration | None:
+        """Load from the database even if already in the session (e.g. after taking
+        the event lock, to see what a concurrent transaction committed)."""
+        stmt = (
+            select(Registration)
+            .where(Registration.id == registration_id)  # type: ignore[arg-type]
+            .execution_options(populate_existing=True)
+        )
+        return self.session.scalars(stmt).one_or_none()
 
     def active_for(self, event_id: int, attendee_id: uuid.UUID) -> Registration | None:
         stmt = select(Registration).where(

@@ -124,9 +124,8 @@ def cancel(uow_factory: UowFactory, registration_id: uuid.UUID) -> RegistrationO
                 raise errors.RegistrationNotFound("This registration does not exist.")
             event = uow.events.get(event_id, for_update=True)
             assert event is not None  # the foreign key guarantees it
-            registration = uow.registrations.get(registration_id)
+            registration = uow.registrations.get_current(registration_id)  # after the lock
             assert registration is not None
-            uow.session.refresh(registration)  # state as of after the lock
             event.cancel(registration, uow.now)
             uow.commit()
             return _outcome(registration)
