@@ -45,6 +45,7 @@ _SETTINGS: list[tuple[str, Any, type]] = [
     ("DB_MAX_OVERFLOW", 10, int),
     ("DB_POOL_TIMEOUT", 5.0, float),
     ("DB_POOL_RECYCLE", 1800, int),
+    ("DB_POOL_PING_IDLE_SECONDS", 2.0, float),  # ping connections idle longer than this
     ("DB_COMMAND_TIMEOUT", 30, int),
     ("DB_QUERY_LOGGING", False, bool),
     ("SLOW_QUERY_MS", 100.0, float),
