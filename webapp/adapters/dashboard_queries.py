@@ -153,18 +153,14 @@ def _pending_condition() -> ColumnElement[bool]:
 
 
 def outbox_counts(conn: Connection) -> dict[str, int]:
-    """Pending (never failed), retrying (failed, in backoff) and dead (not archived)."""
-    unprocessed = select(
-        func.coalesce(
-            func.sum(case((and_(om.DeadLetteredAt.is_(None), om.RetryCount == 0), 1), else_=0)),
-            0,
-        ).label("pending"),
-        func.coalesce(
-            func.sum(case((and_(om.DeadLetteredAt.is_(None), om.RetryCount > 0), 1), else_=0)),
-            0,
-        ).label("retrying"),
-    ).where(om.ProcessedAt.is_(None), om.ArchivedAt.is_(None))
-    row = conn.execute(unprocessed).one()
+    """Pending (never failed), retrying (failed, in backoff) and dead (not archived).
+    The backlog is counted over IX_OutboxMessages_Pending, the dead letters over
+    their own partial index: neither walks the other's rows."""
+    backlog = select(
+        func.coalesce(func.sum(case((om.RetryCount == 0, 1), else_=0)), 0).label("pending"),
+        func.coalesce(func.sum(case((om.RetryCount > 0, 1), else_=0)), 0).label("retrying"),
+    ).where(_pending_condition())
+    row = conn.execute(backlog).one()
     dead = conn.execute(select(func.count()).where(dead_condition())).scalar_one()
     return {"pending": int(row.pending), "retrying": int(row.retrying), "dead": int(dead)}
 
@@ -210,7 +206,12 @@ class Throughput:
     backlog: list[int]  # pending + retrying at the end of each minute
 
 
-def throughput(conn: Connection, now: datetime, minutes: int = 60) -> Throughput:
+def throughput(
+    conn: Connection,
+    now: datetime,
+    minutes: int = 60,
+    counts: dict[str, int] | None = None,
+) -> Throughput:
     """Messages processed per minute and the backlog over the last ``minutes``.
 
     The backlog at the end of each minute is rebuilt backwards from the current
@@ -226,7 +227,7 @@ def throughput(conn: Connection, now: datetime, minutes: int = 60) -> Throughput
     created = _per_minute(
         conn, om.CreatedAt, start, or_(om.ProcessedAt.is_(None), om.ProcessedAt >= start)
     )
-    counts = outbox_counts(conn)
+    counts = counts or outbox_counts(conn)
     level = counts["pending"] + counts["retrying"]
     backlog_rev: list[int] = []
     for minute in range(current_minute, first_minute - 1, -1):

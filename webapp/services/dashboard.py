@@ -89,7 +89,7 @@ def overview(now: datetime | None = None) -> Overview:
     with get_db().engine.connect() as conn:
         counts = q.outbox_counts(conn)
         oldest = q.oldest_pending_created_at(conn)
-        series = q.throughput(conn, now)
+        series = q.throughput(conn, now, counts=counts)
     processed_total = sum(series.processed)
     result = Overview(
         counts=counts,
