@@ -159,16 +159,7 @@ def event_attendees(db: Executor, event_id: int) -> list[dict[str, Any]]:
     r = registrations.c
     order = func.coalesce(r.PositionInQueue, 0)
     stmt = (
-        select(
-            r.Id.label("registration_id"),
-            r.Status.label("status"),
-            r.PositionInQueue.label("queue_key"),
-            r.CreatedAt.label("created_at"),
-            r.ConfirmedAt.label("confirmed_at"),
-            r.CancelledAt.label("cancelled_at"),
-            users.c.Name.label("name"),
-            users.c.Email.label("email"),
-        )
+        select(*_registration_columns(), r.ConfirmedAt.label("confirmed_at"))
         .join(users, users.c.Id == r.UserId)
         .where(r.EventId == event_id)
         .order_by(r.Status, order, r.CreatedAt)
