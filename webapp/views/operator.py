@@ -59,8 +59,14 @@ def _filter_or_error(values: Any) -> tuple[DeadLetterFilter | None, ViewResult |
 @staff_required
 def index() -> ViewResult:
     data = dashboard.overview()
-    template = "operator/_overview.html" if _htmx() else "operator/overview.html"
-    return render_template(template, o=data, threshold=_pending_threshold())
+    return _page("overview", o=data, threshold=_pending_threshold())
+
+
+def _page(name: str, **context: Any) -> str:
+    """The whole page, or only its refreshable part for an htmx poll
+    (``operator/<name>.html`` includes ``operator/_<name>.html``)."""
+    prefix = "_" if _htmx() else ""
+    return render_template(f"operator/{prefix}{name}.html", **context)
 
 
 def _pending_threshold() -> int:
@@ -72,8 +78,7 @@ def _pending_threshold() -> int:
 @staff_required
 def retries() -> ViewResult:
     rows = dashboard.retrying()
-    template = "operator/_retries.html" if _htmx() else "operator/retries.html"
-    return render_template(template, rows=rows)
+    return _page("retries", rows=rows)
 
 
 @bp.post("/retries/retry-now")
@@ -203,16 +208,14 @@ def act_on_matching(action: str) -> ViewResult:
 @staff_required
 def audit() -> ViewResult:
     entries, page, pages = dashboard.audit_log(_page_arg())
-    template = "operator/_audit.html" if _htmx() else "operator/audit.html"
-    return render_template(template, entries=entries, page=page, pages=pages)
+    return _page("audit", entries=entries, page=page, pages=pages)
 
 
 @bp.get("/cache")
 @staff_required
 def cache() -> ViewResult:
     regions = dashboard.cache_regions()
-    template = "operator/_cache.html" if _htmx() else "operator/cache.html"
-    return render_template(template, regions=regions)
+    return _page("cache", regions=regions)
 
 
 @bp.get("/queries")
@@ -221,5 +224,4 @@ def queries() -> ViewResult:
     window_raw = request.args.get("window", "5")
     window = int(window_raw) if window_raw.isdigit() and len(window_raw) < 4 else 5
     data = dashboard.query_timings(window, request.args.get("sort", "total"))
-    template = "operator/_queries.html" if _htmx() else "operator/queries.html"
-    return render_template(template, t=data, windows=dashboard.WINDOWS)
+    return _page("queries", t=data, windows=dashboard.WINDOWS)
