@@ -31,15 +31,20 @@ _SETTINGS: list[tuple[str, Any, type]] = [
     ("CACHE_WARM", "auto", str),  # auto: warm at start and after invalidation unless testing
     ("CACHE_RETRY_AFTER_SECONDS", 1.0, float),  # skip the cache this long after an error
     ("CACHE_ERROR_LOG_INTERVAL_SECONDS", 30.0, float),  # one warning per interval
+    # process-local first level, kept coherent over Redis pub/sub (webapp/adapters/near_cache)
+    ("CACHE_NEAR", "auto", str),  # auto: on except under ENV=testing
+    ("CACHE_NEAR_REGIONS", "event_details,registration_counts,page_output", str),
+    ("CACHE_NEAR_TTL_SECONDS", 30.0, float),
+    ("CACHE_NEAR_MAX_ENTRIES", 10_000, int),
     # Performance.BackgroundProcessing
     ("BACKGROUND_MAX_CONCURRENCY", 4, int),
     ("OUTBOX_MAX_RETRIES", 3, int),
     ("OUTBOX_RETRY_DELAY_SECONDS", 5.0, float),
     ("OUTBOX_CLEANUP_DAYS", 7, int),
     ("OUTBOX_OLDEST_PENDING_THRESHOLD_SECONDS", 60, int),
-    ("OUTBOX_SYNC_HANDLERS", False, bool),
+    ("OUTBOX_SYNC_HANDLERS", False, bool),  # baseline build: run async handlers inline
     # a queue move mails only the people it brings within this many places of a seat
-    ("WAITLIST_NOTICE_MAX_POSITION", 10, int),  # baseline build: run async handlers inline
+    ("WAITLIST_NOTICE_MAX_POSITION", 10, int),
     # Performance.Database
     ("DB_POOL_SIZE", 10, int),
     ("DB_MAX_OVERFLOW", 10, int),

@@ -51,6 +51,13 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from webapp.adapters.near_cache import (
+    CLEAR_ALL,
+    MISSING,
+    InvalidationListener,
+    NearCache,
+    encode_keys,
+)
 from webapp.observability.metrics import CACHE_REQUESTS
 
 log = logging.getLogger(__name__)
@@ -170,6 +177,7 @@ class CacheLayer:
         retry_after: float = 1.0,
         log_interval: float = 30.0,
         stats_flush_interval: float = 1.0,
+        near: NearCache | None = None,
     ) -> None:
         self.client = client
         self.enabled = enabled and client is not None
@@ -193,6 +201,13 @@ class CacheLayer:
         )
         self._pending: dict[tuple[str, str], int] = {}
         self._last_stats_flush = time.monotonic()
+        #: the process-local first level (None: every read goes to Redis)
+        self.near = near if self.enabled else None
+        self.listener = (
+            InvalidationListener(client, self.invalidation_channel, self.near)
+            if self.near is not None
+            else None
+        )
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (layer := ref()) and layer._after_fork())
         if client is not None:
@@ -207,6 +222,17 @@ class CacheLayer:
         self._local = threading.local()
         self._local_locks = {}
         self._pending = {}
+        if self.listener is not None:
+            self.listener.after_fork()
+
+    def start_near_cache(self) -> None:
+        """Subscribe to invalidations (a daemon thread); copies are kept from then on."""
+        if self.listener is not None:
+            self.listener.start()
+
+    def stop_near_cache(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
 
     # -- keys --------------------------------------------------------------------------
     def _k(self, key: str) -> str:
@@ -217,6 +243,10 @@ class CacheLayer:
 
     def _lock(self, slot: Slot) -> str:
         return self.prefix + "lock:" + slot.lock_name
+
+    @property
+    def invalidation_channel(self) -> str:
+        return self.prefix + "invalidations"
 
     @property
     def stats_prefix(self) -> str:
@@ -235,6 +265,9 @@ class CacheLayer:
         keys = list(self.client.scan_iter(match=self.prefix + "*", count=1000))
         for start in range(0, len(keys), 500):
             self.client.delete(*keys[start : start + 500])
+        if self.near is not None:
+            self.near.drop([CLEAR_ALL])
+            self.client.publish(self.invalidation_channel, encode_keys([CLEAR_ALL]))
         self._needs_clear = False
         level = logging.INFO if reason == "requested" else logging.WARNING
         log.log(level, "cache cleared (%d keys): %s", len(keys), reason)
@@ -371,6 +404,27 @@ class CacheLayer:
             return {}
         if not self.enabled:
             return _clean(loader(slots))
+        near = self.near
+        if near is None or not near.live:
+            return self._fetch_shared(slots, loader)
+        epoch = near.epoch  # before anything is read: see NearCache.put
+        copies: dict[Slot, Any] = {}
+        for slot in slots:
+            if near.covers(slot.region):
+                value = near.get(slot.key, slot.field)
+                if value is not MISSING:
+                    copies[slot] = value
+        self._count_slots(copies, "hit")
+        if len(copies) == len(slots):
+            return copies
+        found = self._fetch_shared([s for s in slots if s not in copies], loader)
+        for slot, value in found.items():
+            if near.covers(slot.region):
+                near.put(slot.key, slot.field, value, epoch)
+        return copies | found
+
+    def _fetch_shared(self, slots: list[Slot], loader: Loader) -> dict[Slot, Any]:
+        """:meth:`fetch` from Redis, then the loader: what the near cache falls back to."""
         try:
             self._check_available()
             found = self._read(slots)
@@ -584,6 +638,8 @@ class CacheLayer:
         """
         if not self.enabled or not keys:
             return True
+        if self.near is not None:
+            self.near.drop(keys)  # this process reads its own writes at once
         try:
             self._check_available()
             pipe = self.client.pipeline(transaction=True)
@@ -591,6 +647,8 @@ class CacheLayer:
                 pipe.incr(self._gen(key))
                 pipe.pexpire(self._gen(key), _GEN_TTL_MS)
                 pipe.delete(self._k(key))
+            if self.near is not None:  # the other processes drop their copies
+                pipe.publish(self.invalidation_channel, encode_keys(keys))
             pipe.execute()
             return True
         except Exception as error:
@@ -664,9 +722,32 @@ def init_cache(app: Flask) -> CacheLayer:
         enabled=enabled,
         retry_after=float(config.get("CACHE_RETRY_AFTER_SECONDS", 1.0)),
         log_interval=float(config.get("CACHE_ERROR_LOG_INTERVAL_SECONDS", 30.0)),
+        near=_near_cache(config) if enabled else None,
     )
     app.extensions[_EXTENSION] = layer
+    if layer.near is not None:  # subscribes once the process may run threads
+        app.extensions.setdefault("les.process_start", []).append(layer.start_near_cache)
     return layer
+
+
+def _near_cache(config: Any) -> NearCache | None:
+    """The process-local level (CACHE_NEAR: auto = on except under ENV=testing)."""
+    setting = str(config.get("CACHE_NEAR", "auto")).strip().lower()
+    on = config.get("ENV") != "testing" if setting == "auto" else setting in _TRUE
+    if not on:
+        return None
+    names = str(config.get("CACHE_NEAR_REGIONS", "")).replace(" ", "").split(",")
+    unknown = sorted(set(names) - set(REGIONS) - {""})
+    if unknown:
+        raise ValueError(f"CACHE_NEAR_REGIONS: unknown regions {unknown}; known: {REGIONS}")
+    return NearCache(
+        [n for n in names if n],
+        ttl=float(config.get("CACHE_NEAR_TTL_SECONDS", 30.0)),
+        max_entries=int(config.get("CACHE_NEAR_MAX_ENTRIES", 10_000)),
+    )
+
+
+_TRUE = {"1", "true", "yes", "on"}
 
 
 def get_cache(app: Flask | None = None) -> CacheLayer:
