@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 from flask_caching import Cache
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -22,6 +22,13 @@ csrf = CSRFProtect()
 login_manager = LoginManager()
 cache = Cache()
 limiter = Limiter(key_func=get_remote_address, default_limits=[])
+
+
+@limiter.request_filter
+def _safe_methods_are_not_limited() -> bool:
+    """Every limit of this app is on a POST (registration, status links, login): reads
+    skip Flask-Limiter's per-request bookkeeping altogether."""
+    return request.method in {"GET", "HEAD", "OPTIONS"}
 
 
 @dataclass

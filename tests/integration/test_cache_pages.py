@@ -282,7 +282,56 @@ def test_personal_pages_are_never_output_cached(
         response = client.get(status)
         assert "X-Cache" not in response.headers
         assert response.headers["Cache-Control"] == "no-store"
-    client.get(f"/events/{event_id}")
+    assert cached_pages(app) == []
+
+
+def idempotency_token_from(html: str) -> str:
+    found = re.search(r'name="idempotency_token"[^>]*value="(\w+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+def test_cached_event_page_gives_each_visitor_their_own_tokens_and_live_seats(
+    app: Flask, create_event: Callable[..., int]
+) -> None:
+    event_id = create_event(capacity=2)
+    ann, bob = app.test_client(), app.test_client()
+    first = ann.get(f"/events/{event_id}")
+    again = bob.get(f"/events/{event_id}")
+    assert (first.headers["X-Cache"], again.headers["X-Cache"]) == ("MISS", "HIT")
+    ann_html, bob_html = first.get_data(as_text=True), again.get_data(as_text=True)
+    assert csrf_token_from(ann_html) != csrf_token_from(bob_html)
+    assert idempotency_token_from(ann_html) != idempotency_token_from(bob_html)
+    assert "\x00" not in bob_html  # no marker left behind
+    assert "2 of 2" in bob_html
+
+    # both forms work; each registration drops the event's page, so seats are live
+    for client, html, name in ((bob, bob_html, "Bob"), (ann, ann_html, "Ann")):
+        posted = client.post(
+            f"/events/{event_id}/register",
+            data={
+                "name": name,
+                "email": f"{name.lower()}@example.com",
+                "idempotency_token": idempotency_token_from(html),
+                "csrf_token": csrf_token_from(html),
+            },
+        )
+        assert posted.status_code == 303, posted.get_data(as_text=True)
+    page = app.test_client().get(f"/events/{event_id}")
+    assert page.headers["X-Cache"] == "MISS"
+    assert "0 of 2" in page.get_data(as_text=True)
+    assert "Join the waitlist" in page.get_data(as_text=True)
+
+
+def test_event_page_is_not_stored_shortly_before_the_start(
+    app: Flask, create_event: Callable[..., int]
+) -> None:
+    """A copy must not keep offering the form after the event has started."""
+    ttl = int(app.config["CACHE_TTL_PAGE_OUTPUT"])
+    event_id = create_event(start_date=datetime.now(UTC) + timedelta(seconds=ttl // 2 + 5))
+    client = app.test_client()
+    assert client.get(f"/events/{event_id}").headers["X-Cache"] == "MISS"
+    assert client.get(f"/events/{event_id}").headers["X-Cache"] == "MISS"
     assert cached_pages(app) == []
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from webapp.adapters.cache_pages import all_page_keys
+from webapp.adapters.cache_pages import all_page_keys, event_page_keys
 from webapp.domain.messages import (
     CapacityIncreased,
     RegistrationCancelled,
@@ -22,7 +22,9 @@ def test_nothing_committed_drops_nothing() -> None:
 
 def test_new_registration_drops_counts_and_its_record_but_keeps_details() -> None:
     result = CommitResult(messages=[RegistrationCreated(7, "r1", "a1", "Confirmed")], event_ids={7})
-    assert keys_to_invalidate(result) == {"counts:7", "registration:r1"} | PAGES
+    assert keys_to_invalidate(result) == (
+        {"counts:7", "registration:r1"} | PAGES | event_page_keys(7)
+    )
 
 
 def test_joining_the_waitlist_does_not_move_anyone_else() -> None:
@@ -59,7 +61,7 @@ def test_leaving_the_waitlist_moves_the_people_behind() -> None:
 
 def test_edited_or_created_event_drops_details_and_the_list() -> None:
     keys = keys_to_invalidate(CommitResult(event_ids={3}))
-    assert keys == {"event:3", "counts:3", "upcoming"} | PAGES
+    assert keys == {"event:3", "counts:3", "upcoming"} | PAGES | event_page_keys(3)
 
 
 def test_capacity_change_drops_details_counts_and_list_of_that_event_only() -> None:
@@ -70,3 +72,5 @@ def test_capacity_change_drops_details_counts_and_list_of_that_event_only() -> N
     keys = keys_to_invalidate(result)
     assert {"event:5", "counts:5", "upcoming", "registration:r9", "waitlist:5"} <= keys
     assert "counts:6" in keys  # loaded in the same unit of work
+    assert event_page_keys(5) <= keys and event_page_keys(6) <= keys
+    assert not event_page_keys(7) & keys  # other events' pages survive

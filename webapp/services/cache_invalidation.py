@@ -9,7 +9,8 @@ handlers are messages of the same commit, so they are covered too.
 =============================================  ==========================================
 change                                         keys dropped
 =============================================  ==========================================
-any change to an event                         ``counts:<id>``, the cached list pages
+any change to an event                         ``counts:<id>``, the cached list pages,
+                                               the cached pages of that event
 registration created / cancelled / promoted    ``registration:<uuid>`` of that registration
 waitlist moved (cancel while waiting,          ``waitlist:<id>`` (all positions of the
 promotion)                                     event)
@@ -23,7 +24,7 @@ import logging
 from collections.abc import Callable
 
 from webapp.adapters.cache import CacheLayer
-from webapp.adapters.cache_pages import all_page_keys
+from webapp.adapters.cache_pages import all_page_keys, event_page_keys
 from webapp.domain.messages import (
     Message,
     RegistrationCancelled,
@@ -70,6 +71,7 @@ def keys_to_invalidate(result: CommitResult) -> set[str]:
             keys.add(waitlist_key(int(event_id)))
     for event_id, messages in by_event.items():
         keys.add(counts_key(event_id))
+        keys |= event_page_keys(event_id)
         # no message (created, details edited) or a non-registration one (capacity):
         # the details and the list of upcoming events may have changed
         if not messages or not all(isinstance(m, _REGISTRATION_FLOW) for m in messages):

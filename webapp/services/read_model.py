@@ -152,7 +152,9 @@ def event_detail(event_id: int) -> dict[str, Any] | None:
     return _compose(found[details_slot], found[counts_slot])
 
 
-def _event_details(event_id: int) -> dict[str, Any] | None:
+def event_details(event_id: int) -> dict[str, Any] | None:
+    """An event's slow-changing details (no counts): title, description, venue, start
+    date, registration open; or None. What a registration POST checks before locking."""
     slot = Slot(EVENT_DETAILS, event_key(event_id))
 
     def load() -> dict[str, Any] | None:
@@ -183,7 +185,7 @@ def registration_status(registration_id: uuid.UUID | str) -> dict[str, Any] | No
     if record is None:
         return None
     event_id = record["event_id"]
-    details = _event_details(event_id)
+    details = event_details(event_id)
     if details is None:
         return None
     view = {
@@ -397,6 +399,7 @@ __all__ = [
     "event_attendees",
     "event_counts",
     "event_detail",
+    "event_details",
     "init_app",
     "refresh_after_write",
     "registration_status",

@@ -8,7 +8,7 @@ Views never commit: each POST calls one use case, which opens its own unit of wo
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import (
@@ -25,7 +25,7 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
-from webapp.adapters.cache_pages import cached_page
+from webapp.adapters.cache_pages import cached_page, do_not_store, personal_value
 from webapp.domain import errors
 from webapp.domain.model import normalize_email
 from webapp.extensions import limiter, uow
@@ -146,24 +146,32 @@ def event_list() -> str:
 
 
 @bp.get("/events/<int:event_id>")
+@cached_page(personal={"idempotency_token": new_idempotency_token})
 def event_detail(event_id: int) -> tuple[str, int]:
     event = _load_event(event_id)
     form = RegistrationForm(formdata=None)
-    form.idempotency_token.data = new_idempotency_token()
+    form.idempotency_token.data = personal_value("idempotency_token", new_idempotency_token())
+    ttl = timedelta(seconds=int(current_app.config["CACHE_TTL_PAGE_OUTPUT"]))
+    if event["start_date"] - _now() <= ttl:
+        do_not_store()  # a copy would still offer the form after the start
     return _event_page(event, form)
 
 
 @bp.post("/events/<int:event_id>/register")
 @rate_limited
 def register(event_id: int) -> ResponseLike:
-    event = _load_event(event_id)
+    # the details decide whether to try; the counts (which every registration changes)
+    # are read only to show the form again: the use case locks the event anyway
+    event = read_model.event_details(event_id)
+    if event is None:
+        abort(404, description="There is no such event. It may have been removed.")
     form = RegistrationForm()
     if _registration_state(event):
         REGISTRATIONS.labels(outcome="rejected").inc()
-        return _event_page(event, None, 409)
+        return _event_page(_load_event(event_id), None, 409)
     if not form.validate():
         REGISTRATIONS.labels(outcome="rejected").inc()
-        return _event_page(event, form, 422)
+        return _event_page(_load_event(event_id), form, 422)
     email = form.email.data or ""
     try:
         outcome = registrations.register(
@@ -178,8 +186,8 @@ def register(event_id: int) -> ResponseLike:
         field = getattr(form, error.field or "", None)
         if field is not None and hasattr(field, "errors"):
             field.errors = [*field.errors, str(error)]
-            return _event_page(event, form, 422)
-        return _event_page(event, form, 422, form_error=str(error))
+            return _event_page(_load_event(event_id), form, 422)
+        return _event_page(_load_event(event_id), form, 422, form_error=str(error))
     except errors.AlreadyRegistered as error:
         REGISTRATIONS.labels(outcome="duplicate").inc()
         existing = read_model.registration_status(error.registration_id)
@@ -191,7 +199,7 @@ def register(event_id: int) -> ResponseLike:
     except (errors.RegistrationClosed, errors.EventAlreadyStarted) as error:
         # the event changed between our read and the locked decision
         REGISTRATIONS.labels(outcome="rejected").inc()
-        event = {**event, "registration_open": False}
+        event = {**_load_event(event_id), "registration_open": False}
         return _event_page(event, None, 409, closed_message=str(error))
 
     if outcome.repeated:
@@ -206,7 +214,7 @@ def register(event_id: int) -> ResponseLike:
             REGISTRATIONS.labels(outcome="rejected").inc()
             form.idempotency_token.data = new_idempotency_token()
             return _event_page(
-                event,
+                _load_event(event_id),
                 form,
                 422,
                 form_error="This form was already used. Please check your details and "
