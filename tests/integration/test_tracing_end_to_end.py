@@ -126,6 +126,8 @@ def test_one_trace_from_registration_to_mail(
         if s.kind == trace.SpanKind.SERVER and s.attributes.get("http.method") == "POST"
     )
     trace_id = request_span.context.trace_id
+    # the request id the response (and every log line) carries is the trace id
+    assert response.headers["X-Request-ID"] == format(trace_id, "032x")
     in_trace = [s for s in spans if s.context.trace_id == trace_id]
     by_id = {s.context.span_id: s for s in in_trace}
     names = [s.name for s in in_trace]

@@ -21,6 +21,7 @@ import uuid
 from typing import Any
 
 from flask import Flask, Response, abort, g, request
+from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
@@ -73,12 +74,16 @@ def _request_ids(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        span = trace.get_current_span()
+        context = span.get_span_context()
+        if _REQUEST_ID.match(incoming):
+            g.request_id = incoming
+        elif context.is_valid:  # the trace id: a log line leads straight to its trace
+            g.request_id = format(context.trace_id, "032x")
+        else:  # tracing off (OTEL_SDK_DISABLED)
+            g.request_id = uuid.uuid4().hex
         g.les_started = time.perf_counter()
         g.les_log_token = logs.correlation_id.set(g.request_id)
-        from opentelemetry import trace
-
-        span = trace.get_current_span()
         if span.is_recording():
             span.set_attribute("http.request_id", g.request_id)
 
