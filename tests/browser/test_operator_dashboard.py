@@ -142,7 +142,7 @@ def test_operator_finds_fixes_and_replays_a_dead_letter(
     page = context.new_page()
     page.goto(f"{live_server}/admin/operator/dead-letters")
     page.select_option("#f-error", "builtins.ConnectionRefusedError")
-    page.get_by_label("Text in error or payload").fill("connection refused")
+    page.get_by_label("Text in error message or payload").fill("connection refused")
     page.get_by_label("Event id").fill(str(event_id))
     page.get_by_role("button", name="Filter").click()
     expect(page.locator("#match-count")).to_have_text("1")

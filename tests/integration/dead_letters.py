@@ -82,6 +82,7 @@ def dead_letter_row(
         "MaxRetryCount": 3,
         "NextRetryAt": None,
         "ErrorType": error_type,
+        "ErrorSummary": f"{error_type}: {error_message.splitlines()[0]}"[:300],
         "Fingerprint": fingerprint(message_type, error_type, frame_file),
         "DeadLetteredAt": dead_at,
         "ReplayCount": 0,

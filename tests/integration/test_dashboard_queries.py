@@ -83,6 +83,69 @@ def test_groups_are_counted_by_fingerprint_biggest_first(db_url: str) -> None:
     assert capped == 2
 
 
+def test_the_summary_counts_every_match_even_beyond_the_groups_shown(db_url: str) -> None:
+    rows = [dead_letter_row(error_type="KeyError") for _ in range(3)]
+    rows += [dead_letter_row(message_type="RegistrationPromoted", error_type="TimeoutError")]
+    engine = create_engine(normalize_url(db_url))
+    with engine.begin() as conn:
+        conn.execute(insert(outbox_messages), rows)
+    with engine.connect() as conn:
+        total, groups = q.dead_letter_summary(conn, DeadLetterFilter(), limit=1)
+        nothing = q.dead_letter_summary(conn, DeadLetterFilter(text="no such text"))
+        facets = q.facets(conn)
+    engine.dispose()
+    assert total == 4 and [g["Count"] for g in groups] == [3]
+    assert nothing == (0, [])
+    assert facets == {
+        "Type": [("RegistrationCreated", 3), ("RegistrationPromoted", 1)],
+        "ErrorType": [("KeyError", 3), ("TimeoutError", 1)],
+    }
+
+
+def test_text_search_finds_the_error_class_its_message_and_the_payload(db_url: str) -> None:
+    """The search looks at ErrorSummary and Data, case-insensitively, not at the traceback."""
+    smtp = dead_letter_row(
+        error_type="smtplib.SMTPServerDisconnected",
+        error_message="Connection unexpectedly closed\nsecond line",
+        data={"event_id": 7, "email": "zoe@example.test"},
+    )
+    other = dead_letter_row(error_type="KeyError", error_message="'email'")
+    engine = create_engine(normalize_url(db_url))
+    with engine.begin() as conn:
+        conn.execute(insert(outbox_messages), [smtp, other])
+    found: dict[str, set[Any]] = {}
+    with engine.connect() as conn:
+        for term in ("SMTPServerDisconnected", "unexpectedly CLOSED", "ZOE@Example", "'email'"):
+            flt = DeadLetterFilter(text=term)
+            found[term] = {r["Id"] for r in q.dead_letter_page(conn, flt, 0, 50)}
+            assert q.dead_letter_count(conn, flt) == len(found[term])
+    engine.dispose()
+    assert smtp["ErrorSummary"] == (
+        "smtplib.SMTPServerDisconnected: Connection unexpectedly closed"
+    )
+    assert found == {
+        "SMTPServerDisconnected": {smtp["Id"]},
+        "unexpectedly CLOSED": {smtp["Id"]},
+        "ZOE@Example": {smtp["Id"]},
+        "'email'": {other["Id"]},
+    }
+
+
+@pytest.mark.postgres
+def test_a_text_search_is_planned_for_its_own_term(postgres_url: str) -> None:
+    """A prepared statement's generic plan must not serve a term in every dead letter
+    with the plan of a rare one: text searches get custom plans in their transaction."""
+    engine = create_engine(normalize_url(postgres_url))
+    with engine.connect() as conn:
+        q.dead_letter_page(conn, DeadLetterFilter(type="RegistrationCreated"), 0, 50)
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "auto"
+        q.dead_letter_page(conn, DeadLetterFilter(text="example"), 0, 50)
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
+    with engine.connect() as conn:  # the next transaction is back to normal
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "auto"
+    engine.dispose()
+
+
 def _plan(conn: Connection, stmt: Any) -> str:
     compiled = stmt.compile(dialect=conn.dialect)
     rows = conn.exec_driver_sql("EXPLAIN " + compiled.string, compiled.params)
@@ -108,7 +171,7 @@ def test_every_dead_letter_query_shape_has_an_index(postgres_url: str) -> None:
         "IX_OutboxMessages_DeadByEvent": DeadLetterFilter(event_id=42),
         "IX_OutboxMessages_DeadByFingerprint": DeadLetterFilter(fingerprint="abc"),
         # at 2,000 rows a btree partial index beats the trigram GIN indexes; at 100,000
-        # the plan is a BitmapOr of IX_OutboxMessages_Dead{Error,Data}Trgm
+        # the plan is a BitmapOr of IX_OutboxMessages_Dead{ErrorSummary,Data}Trgm
         "IX_OutboxMessages_Dead": DeadLetterFilter(text=one_email),
     }
     with engine.connect() as conn:

@@ -113,6 +113,11 @@ def test_dead_letters_filter_by_error_class_and_text(
     by_payload = client.get(BASE + "/dead-letters", query_string={"q": "ADA@example"})
     assert '<strong id="match-count">1</strong>' in by_payload.text
     assert str(timeout["Id"]) in by_payload.text
+    assert "Text in error message or payload" in by_payload.text
+
+    by_message = client.get(BASE + "/dead-letters", query_string={"q": "example.test TIMED"})
+    assert '<strong id="match-count">1</strong>' in by_message.text
+    assert str(timeout["Id"]) in by_message.text
 
     by_event = client.get(BASE + "/dead-letters", query_string={"event_id": "5"})
     assert '<strong id="match-count">1</strong>' in by_event.text

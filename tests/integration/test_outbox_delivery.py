@@ -151,6 +151,10 @@ def test_failing_mail_is_retried_with_backoff_then_dead_lettered(
         assert current["Error"].startswith("SMTPDataError: (550, ")
         assert "mailbox unavailable" in current["Error"]
         assert "Traceback" in current["Error"]
+        # the class and the message's first line: what the dashboard lists and searches
+        assert current["ErrorSummary"].startswith("smtplib.SMTPDataError: (550, ")
+        assert "mailbox unavailable" in current["ErrorSummary"]
+        assert "\n" not in current["ErrorSummary"]
         assert current["DeadLetteredAt"] is None
         last = attempts(mail_app, row["Id"])[-1]
         finished = last["AttemptedAt"] + timedelta(milliseconds=last["DurationMs"])
@@ -164,6 +168,7 @@ def test_failing_mail_is_retried_with_backoff_then_dead_lettered(
     assert dead["RetryCount"] == 3 and dead["DeadLetteredAt"] is not None
     assert dead["NextRetryAt"] is None and dead["ProcessedAt"] is None
     assert dead["Fingerprint"] and len(dead["Fingerprint"]) == 32
+    assert dead["ErrorSummary"].startswith("smtplib.SMTPDataError: (550, ")
     history = attempts(mail_app, row["Id"])
     assert [a["Succeeded"] for a in history] == [False, False, False]
     assert {a["Worker"] for a in history} == {"test-worker"}

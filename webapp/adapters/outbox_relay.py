@@ -19,6 +19,9 @@ from webapp.adapters.tables import outbox_attempts, outbox_messages
 
 o = outbox_messages.c
 
+#: longest ``ErrorSummary`` kept (the column's length)
+ERROR_SUMMARY_MAX = 300
+
 
 @dataclass(frozen=True)
 class Claimed:
@@ -170,6 +173,7 @@ def mark_failed(
     retry_count: int,
     error: str,
     error_type: str,
+    error_summary: str,
     fingerprint: str,
     next_retry_at: datetime | None,
     dead_lettered_at: datetime | None,
@@ -181,6 +185,7 @@ def mark_failed(
             RetryCount=retry_count,
             Error=error,
             ErrorType=error_type[:255],
+            ErrorSummary=error_summary[:ERROR_SUMMARY_MAX],
             Fingerprint=fingerprint,
             NextRetryAt=next_retry_at,
             DeadLetteredAt=dead_lettered_at,

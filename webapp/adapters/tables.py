@@ -146,8 +146,8 @@ outbox_messages = Table(
     metadata,
     Column("Id", Uuid, primary_key=True),
     Column("Type", String(255), nullable=False),
-    #: the message as JSON text
-    Column("Data", Text, nullable=False),
+    #: the message as JSON text (ASCII); "C" collation on PostgreSQL, for a fast ILIKE
+    Column("Data", Text().with_variant(Text(collation="C"), "postgresql"), nullable=False),
     Column("CreatedAt", UtcDateTime, nullable=False),
     Column("ProcessedAt", UtcDateTime, nullable=True),
     #: last error: type, message and traceback
@@ -162,6 +162,14 @@ outbox_messages = Table(
     Column("ErrorType", String(255), nullable=True),
     #: type + error class + first application frame, for grouping dead letters
     Column("Fingerprint", String(64), nullable=True),
+    #: ``module.Class: first line of the message`` of the last failure: what the
+    #: dashboard lists and searches (the traceback in Error can be kilobytes; it is
+    #: stored out of line on PostgreSQL, migration 0005)
+    Column(
+        "ErrorSummary",
+        String(300).with_variant(String(300, collation="C"), "postgresql"),
+        nullable=True,
+    ),
     #: set when RetryCount reached MaxRetryCount: a dead letter, kept until an operator acts
     Column("DeadLetteredAt", UtcDateTime, nullable=True),
     Column("ReplayCount", Integer, nullable=False, server_default="0"),
@@ -270,7 +278,7 @@ audit_log = Table(
     Index("IX_AuditLog_At", "At"),
 )
 
-# -- operator dashboard indexes (migration dash01) -----------------------------------------
+# -- operator dashboard indexes (migrations dash01 and 0005) -------------------------------
 #: the live dead letters; the dashboard's queries repeat this predicate
 _LIVE_DEAD_LETTERS = text('"DeadLetteredAt" IS NOT NULL AND "ArchivedAt" IS NULL')
 for _name, _columns in (
@@ -285,8 +293,9 @@ for _name, _columns in (
         postgresql_where=_LIVE_DEAD_LETTERS,
         sqlite_where=_LIVE_DEAD_LETTERS,
     )
+#: the free-text search: the error summary and the payload, never the full traceback
 for _name, _column in (
-    ("IX_OutboxMessages_DeadErrorTrgm", "Error"),
+    ("IX_OutboxMessages_DeadErrorSummaryTrgm", "ErrorSummary"),
     ("IX_OutboxMessages_DeadDataTrgm", "Data"),
 ):
     Index(

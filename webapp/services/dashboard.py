@@ -22,9 +22,8 @@ from webapp.services.unit_of_work import utcnow
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 50
-#: the list's "N matching" stops counting here (a cheap count); the replay
-#: confirmation always counts exactly
-COUNT_CAP = 10_000
+#: the list pages through this many matches at most (deeper OFFSETs walk the index)
+PAGE_CAP = 10_000
 CHART_WIDTH = 600
 CHART_HEIGHT = 120
 
@@ -134,10 +133,12 @@ def retrying(limit: int = 100) -> list[dict[str, Any]]:
 class DeadLetterPage:
     filter: DeadLetterFilter
     rows: list[dict[str, Any]]
+    #: exact number of matching dead letters
     total: int
-    total_capped: bool
     page: int
     pages: int
+    #: more matches than the pages reach (:data:`PAGE_CAP`)
+    pages_capped: bool
     groups: list[dict[str, Any]]
     types: list[tuple[str, int]]
     error_types: list[tuple[str, int]]
@@ -146,24 +147,28 @@ class DeadLetterPage:
 def dead_letters(flt: DeadLetterFilter, page: int = 1) -> DeadLetterPage:
     page = max(page, 1)
     with get_db().engine.connect() as conn:
-        total = q.dead_letter_count(conn, flt, cap=COUNT_CAP + 1)
-        capped = total > COUNT_CAP
-        total = min(total, COUNT_CAP)
-        pages = max(math.ceil(total / PAGE_SIZE), 1)
+        total, groups = q.dead_letter_summary(conn, flt)
+        pages = max(math.ceil(min(total, PAGE_CAP) / PAGE_SIZE), 1)
         page = min(page, pages)
         rows = q.dead_letter_page(conn, flt, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-        groups = q.dead_letter_groups(conn, flt)
-        types = q.facet_counts(conn, "Type")
-        error_types = q.facet_counts(conn, "ErrorType")
-    return DeadLetterPage(flt, rows, total, capped, page, pages, groups, types, error_types)
+        facets = q.facets(conn)
+    return DeadLetterPage(
+        flt,
+        rows,
+        total,
+        page,
+        pages,
+        total > PAGE_CAP,
+        groups,
+        facets["Type"],
+        facets["ErrorType"],
+    )
 
 
-def dead_letter_summary(flt: DeadLetterFilter) -> tuple[int, bool, list[dict[str, Any]]]:
-    """Matching count (capped) and the groups: the part of the page that refreshes."""
+def dead_letter_summary(flt: DeadLetterFilter) -> tuple[int, list[dict[str, Any]]]:
+    """Matching count and the groups: the part of the page that refreshes."""
     with get_db().engine.connect() as conn:
-        total = q.dead_letter_count(conn, flt, cap=COUNT_CAP + 1)
-        groups = q.dead_letter_groups(conn, flt)
-    return min(total, COUNT_CAP), total > COUNT_CAP, groups
+        return q.dead_letter_summary(conn, flt)
 
 
 def exact_count(flt: DeadLetterFilter) -> int:

@@ -299,6 +299,7 @@ class Deliverer:
                 retry_count=failures,
                 error=error_text or "",
                 error_type=f"{type(failure).__module__}.{type(failure).__qualname__}",
+                error_summary=error_summary(failure),
                 fingerprint=fingerprint(type_name, failure),
                 next_retry_at=next_at,
                 dead_lettered_at=now if dead else None,
@@ -315,6 +316,19 @@ def _describe(error: BaseException) -> str:
     summary = f"{type(error).__name__}: {error}"
     trace_text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     return f"{summary[:2000]}\n\n{trace_text[-18000:]}"
+
+
+def error_summary(error: BaseException) -> str:
+    """``smtplib.SMTPServerDisconnected: Connection unexpectedly closed``: the class as
+    the traceback's last line names it and the first line of the message (what the
+    dashboard lists and searches; the full traceback stays in ``Error``)."""
+    cls = type(error)
+    name = cls.__qualname__
+    if cls.__module__ not in ("builtins", "__main__"):
+        name = f"{cls.__module__}.{name}"
+    lines = str(error).strip().splitlines()
+    summary = f"{name}: {lines[0].strip()}" if lines else name
+    return summary[: outbox_relay.ERROR_SUMMARY_MAX]
 
 
 # -- after-commit hooks ------------------------------------------------------------------

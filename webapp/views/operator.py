@@ -101,10 +101,8 @@ def dead_letters() -> ViewResult:
         return error
     assert flt is not None
     if _htmx() and request.args.get("part") == "summary":
-        total, capped, groups = dashboard.dead_letter_summary(flt)
-        return render_template(
-            "operator/_dead_summary.html", flt=flt, total=total, capped=capped, groups=groups
-        )
+        total, groups = dashboard.dead_letter_summary(flt)
+        return render_template("operator/_dead_summary.html", flt=flt, total=total, groups=groups)
     data = dashboard.dead_letters(flt, _page_arg())
     return render_template("operator/dead_letters.html", d=data, flt=flt)
 
