@@ -837,6 +837,9 @@ def time_dashboard(env: dict[str, str], seeded: Seeded) -> dict[str, Any]:
         "type": dq.DeadLetterFilter(type="RegistrationPromoted"),
         "error_type": dq.DeadLetterFilter(error_type="SMTPServerDisconnected"),
         "text": dq.DeadLetterFilter(text="dead letter 4242,"),
+        # broad searches: an error class (1 in 6 dead letters), and a term in every one
+        "text_broad": dq.DeadLetterFilter(text="SMTPServerDisconnected"),
+        "text_all": dq.DeadLetterFilter(text="example.com"),
         "date_range": dq.DeadLetterFilter(since=today - timedelta(days=3), until=today),
         "event_id": dq.DeadLetterFilter(event_id=seeded.open_ids[3]),
         "combined": dq.DeadLetterFilter(
@@ -857,6 +860,7 @@ def time_dashboard(env: dict[str, str], seeded: Seeded) -> dict[str, Any]:
             calls[f"groups[{name}]"] = lambda f=flt: dq.dead_letter_groups(conn, f)
         calls["facets[Type]"] = lambda: dq.facet_counts(conn, "Type")
         calls["facets[ErrorType]"] = lambda: dq.facet_counts(conn, "ErrorType")
+        calls["facets"] = lambda: dq.facets(conn)  # both in one pass, as the list page does
         calls["outbox_counts"] = lambda: dq.outbox_counts(conn)
         for name, call in calls.items():
             samples = []

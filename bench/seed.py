@@ -15,6 +15,8 @@ from typing import Any
 
 import psycopg
 
+from bench.tracebacks import FAILURES
+
 
 @dataclass
 class SeedPlan:
@@ -175,14 +177,6 @@ DEAD_LETTER_TYPES = [
     "WaitlistPositionChanged",
     "RegistrationCancelled",
 ]
-DEAD_LETTER_ERRORS = [
-    ("SMTPServerDisconnected", "Connection unexpectedly closed", "webapp/adapters/mail.py:88"),
-    ("SMTPRecipientsRefused", "{'x@example.test': (550, b'No such user')}", "mail.py:91"),
-    ("TimeoutError", "timed out", "webapp/adapters/mail.py:80"),
-    ("OperationalError", "server closed the connection unexpectedly", "async_handlers.py:48"),
-    ("KeyError", "'email'", "webapp/services/async_handlers.py:52"),
-    ("TemplateNotFound", "mail/promotion.html", "webapp/adapters/mail.py:61"),
-]
 
 
 def seed_dead_letters(
@@ -190,15 +184,12 @@ def seed_dead_letters(
 ) -> float:
     """Insert ``count`` dead-lettered outbox messages (varied types, error classes,
     fingerprints, dates over two weeks, events) with one failed attempt row each, in
-    one INSERT ... SELECT generate_series; returns seconds."""
+    one INSERT ... SELECT generate_series; returns seconds. Their errors are real-sized
+    tracebacks (:mod:`bench.tracebacks`, 2-4 KB) with the summary the worker writes."""
     import time
 
     del rng  # deterministic from the row number
     started = time.perf_counter()
-    types = DEAD_LETTER_TYPES
-    classes = [e[0] for e in DEAD_LETTER_ERRORS]
-    texts = [e[1] for e in DEAD_LETTER_ERRORS]
-    frames = [e[2] for e in DEAD_LETTER_ERRORS]
     sql = """
     WITH rows AS (
       SELECT g,
@@ -208,18 +199,15 @@ def seed_dead_letters(
              now() - ((g * 48271) %% (14 * 86400)) * interval '1 second' AS created
       FROM generate_series(1::bigint, %(count)s) AS g
     ), inserted AS (
-      INSERT INTO "OutboxMessages" ("Id", "Type", "Data", "CreatedAt", "Error", "RetryCount",
-          "MaxRetryCount", "ErrorType", "Fingerprint", "DeadLetteredAt", "EventId",
-          "ReplayCount")
+      INSERT INTO "OutboxMessages" ("Id", "Type", "Data", "CreatedAt", "Error", "ErrorSummary",
+          "RetryCount", "MaxRetryCount", "ErrorType", "Fingerprint", "DeadLetteredAt",
+          "EventId", "ReplayCount")
       SELECT gen_random_uuid(), type,
              json_build_object('event_id', event_id, 'registration_id', gen_random_uuid(),
                                'attendee_id', gen_random_uuid(), 'status', 'Confirmed')::text,
              created,
-             'Traceback (most recent call last):' || chr(10) || '  File "/srv/app/'
-               || split_part((%(frames)s::text[])[k], ':', 1) || '", line '
-               || split_part((%(frames)s::text[])[k], ':', 2) || ', in send' || chr(10)
-               || (%(classes)s::text[])[k] || ': ' || (%(texts)s::text[])[k]
-               || ' (dead letter ' || g || ', person d' || g || '@dead.example.com)',
+             replace((%(errors)s::text[])[k], '{n}', g::text),
+             left(replace((%(summaries)s::text[])[k], '{n}', g::text), 300),
              3, 3, (%(classes)s::text[])[k],
              substr(md5(type || '|' || (%(classes)s::text[])[k] || '|'
                         || (%(frames)s::text[])[k]), 1, 16),
@@ -233,10 +221,11 @@ def seed_dead_letters(
     FROM inserted
     """
     params = {
-        "types": types,
-        "classes": classes,
-        "texts": texts,
-        "frames": frames,
+        "types": DEAD_LETTER_TYPES,
+        "classes": [f.name for f in FAILURES],
+        "errors": [f.error() for f in FAILURES],
+        "summaries": [f.summary() for f in FAILURES],
+        "frames": [f.frame for f in FAILURES],
         "events": event_ids,
         "count": count,
     }
