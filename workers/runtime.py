@@ -25,7 +25,8 @@ def get_app(config: dict[str, Any] | None = None) -> Flask:
     if _app is None:
         from webapp import create_app
 
-        _app = create_app(config)
+        # no pages are served here: no process-local cache copies to keep coherent
+        _app = create_app({"CACHE_NEAR": "false", **(config or {})})
         load_extra_handlers()
     return _app
 

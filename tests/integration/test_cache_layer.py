@@ -14,6 +14,7 @@ import redis
 
 from webapp.adapters.cache import (
     EVENT_DETAILS,
+    PAGE_OUTPUT,
     REGIONS,
     REGISTRATION_COUNTS,
     WAITLIST_POSITIONS,
@@ -223,3 +224,26 @@ def test_warming_lookups_are_not_counted(client: redis.Redis) -> None:
     assert (counter(EVENT_DETAILS, "miss"), counter(EVENT_DETAILS, "hit")) == before
     layer.get(Slot(EVENT_DETAILS, "event:8"), lambda: {"t": 1})
     assert counter(EVENT_DETAILS, "hit") == before[1] + 1
+
+
+def test_page_output_is_rendered_once_per_process_without_a_redis_lock(
+    client: redis.Redis,
+) -> None:
+    """A page render reads cached data only: threads of a process share one render,
+    but no cross-process lock (two extra round trips per miss) is taken."""
+    layer = make_layer(client)
+    slot = Slot(PAGE_OUTPUT, "page:public.event_list:full")
+    locks_seen: list[int] = []
+
+    class Render(CountingLoader):
+        def __call__(self) -> Any:
+            locks_seen.append(len(client.keys(layer.prefix + "lock:*")))
+            return super().__call__()
+
+    loader = Render({"body": "<html>"})
+    results = read_concurrently([layer], slot, loader, 20)
+
+    assert loader.calls == 1
+    assert results == [{"body": "<html>"}] * 20
+    assert locks_seen == [0]
+    assert client.get(layer.prefix + slot.key) is not None  # stored for the others

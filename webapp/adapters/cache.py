@@ -27,7 +27,8 @@ and refreshing are not readers' lookups and are not counted as hits or misses.
 
 Stampede protection: on a miss, one loader per key and process (in-process lock)
 and per key across processes (``SET lock:<key> NX PX``) queries the database;
-the others poll the key for a short while and get the loaded value.
+the others poll the key for a short while and get the loaded value. Page output
+(rendered from cached data, no query) takes the in-process lock only.
 
 Values are JSON (datetimes and UUIDs tagged), never pickle: whoever can write to
 the cache's Redis must not be able to run code in the app.
@@ -78,6 +79,10 @@ REGION_TTL_SETTINGS: dict[str, str] = {
 }
 REGIONS = tuple(REGION_TTL_SETTINGS)
 RESULTS = ("hit", "miss", "error")
+#: regions loaded without the cross-process lock (threads of one process still share
+#: one load): a page render reads cached data only, so an occasional second render in
+#: another process costs less than the lock's two extra Redis round trips per miss
+UNLOCKED_REGIONS = frozenset({PAGE_OUTPUT})
 
 _GEN_TTL_MS = 3_600_000  # generations outlive every cached value
 _STATS_MINUTE_TTL = 900
@@ -471,8 +476,9 @@ class CacheLayer:
             mine = [s for s in mine if acquired[s]]
             if mine:
                 # another loader may have stored between our read and our lock
+                contended = [s for s in mine if s.region not in UNLOCKED_REGIONS]
                 try:
-                    again = self._read(mine)
+                    again = self._read(contended) if contended else {}
                 except Exception:
                     again = {}
                 self._count_slots(again, "hit")
@@ -497,14 +503,16 @@ class CacheLayer:
         keys = sorted({s.key for s in slots})
         for key in keys:
             pipe.get(self._gen(key))
-        for slot in slots:
+        locked = [s for s in slots if s.region not in UNLOCKED_REGIONS]
+        for slot in locked:
             tokens[slot] = uuid.uuid4().hex
             pipe.set(self._lock(slot), tokens[slot], nx=True, px=self.lock_ttl_ms)
         replies = pipe.execute()
         gens = {
             k: (g.decode() if g is not None else "0") for k, g in zip(keys, replies, strict=False)
         }
-        acquired = {s: bool(ok) for s, ok in zip(slots, replies[len(keys) :], strict=True)}
+        acquired = dict.fromkeys(slots, True)
+        acquired.update({s: bool(ok) for s, ok in zip(locked, replies[len(keys) :], strict=True)})
         for slot, ok in acquired.items():
             if not ok:
                 tokens.pop(slot)
@@ -570,6 +578,8 @@ class CacheLayer:
                         result[slot] = loads(raw)
                         self._count(slot.region, "hit")
                         continue
+                    if not locked and slot.region in UNLOCKED_REGIONS:
+                        locked = self._loading_here(slot)  # its loader is in this process
                     orphaned[slot] = 0 if locked else orphaned.get(slot, 0) + 1
                     still.append(slot)
                 waiting = still
@@ -606,6 +616,11 @@ class CacheLayer:
     def _local_lock(self, slot: Slot) -> threading.Lock:
         with self._mutex:
             return self._local_locks.setdefault(slot.lock_name, threading.Lock())
+
+    def _loading_here(self, slot: Slot) -> bool:
+        with self._mutex:
+            lock = self._local_locks.get(slot.lock_name)
+        return lock is not None and lock.locked()
 
     def _forget_local_locks(self, slots: list[Slot]) -> None:
         with self._mutex:
