@@ -17,6 +17,7 @@ from webapp.adapters.cache import (
     PAGE_OUTPUT,
     REGIONS,
     REGISTRATION_COUNTS,
+    USER_INFORMATION,
     WAITLIST_POSITIONS,
     CacheLayer,
     Slot,
@@ -226,13 +227,18 @@ def test_warming_lookups_are_not_counted(client: redis.Redis) -> None:
     assert counter(EVENT_DETAILS, "hit") == before[1] + 1
 
 
-def test_page_output_is_rendered_once_per_process_without_a_redis_lock(
-    client: redis.Redis,
+@pytest.mark.parametrize(
+    "slot",
+    [Slot(PAGE_OUTPUT, "page:public.event_list:full"), Slot(USER_INFORMATION, "registration:r1")],
+    ids=["page_output", "user_information"],
+)
+def test_unlocked_regions_load_once_per_process_without_a_redis_lock(
+    client: redis.Redis, slot: Slot
 ) -> None:
-    """A page render reads cached data only: threads of a process share one render,
-    but no cross-process lock (two extra round trips per miss) is taken."""
+    """A page render reads cached data only, a registration's record is read by one
+    person: threads of a process share one load, but no cross-process lock (two extra
+    round trips per miss) is taken."""
     layer = make_layer(client)
-    slot = Slot(PAGE_OUTPUT, "page:public.event_list:full")
     locks_seen: list[int] = []
 
     class Render(CountingLoader):

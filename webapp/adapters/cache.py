@@ -28,7 +28,8 @@ and refreshing are not readers' lookups and are not counted as hits or misses.
 Stampede protection: on a miss, one loader per key and process (in-process lock)
 and per key across processes (``SET lock:<key> NX PX``) queries the database;
 the others poll the key for a short while and get the loaded value. Page output
-(rendered from cached data, no query) takes the in-process lock only.
+(rendered from cached data) and a registration's record (read by one person) take
+the in-process lock only.
 
 Values are JSON (datetimes and UUIDs tagged), never pickle: whoever can write to
 the cache's Redis must not be able to run code in the app.
@@ -80,9 +81,11 @@ REGION_TTL_SETTINGS: dict[str, str] = {
 REGIONS = tuple(REGION_TTL_SETTINGS)
 RESULTS = ("hit", "miss", "error")
 #: regions loaded without the cross-process lock (threads of one process still share
-#: one load): a page render reads cached data only, so an occasional second render in
-#: another process costs less than the lock's two extra Redis round trips per miss
-UNLOCKED_REGIONS = frozenset({PAGE_OUTPUT})
+#: one load), where an occasional second load in another process costs less than the
+#: lock's two extra Redis round trips per miss: a page render reads cached data only,
+#: and a registration's record is read by the one person it belongs to (right after
+#: the redirect that follows their own write, so the miss is the common case)
+UNLOCKED_REGIONS = frozenset({PAGE_OUTPUT, USER_INFORMATION})
 
 _GEN_TTL_MS = 3_600_000  # generations outlive every cached value
 _STATS_MINUTE_TTL = 900
