@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -120,6 +121,40 @@ def test_promotion_writes_rows_only_for_people_promoted(
         }
     changed = {rid for rid in before if before[rid] != after[rid]}
     assert changed == {outcomes[0].registration_id, outcomes[1].registration_id}
+
+
+def test_cancel_with_promotion_writes_the_event_row_once(
+    app: Flask, create_event: Callable[..., int]
+) -> None:
+    """The freed seat and the promotion change the event's counters in one UPDATE."""
+    from sqlalchemy import event as sa_event
+
+    event_id = create_event(capacity=1)
+    first, _second = register(app, event_id, 1), register(app, event_id, 2)
+    seen: list[str] = []
+    this_thread = threading.get_ident()
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if threading.get_ident() != this_thread:  # e.g. the cache's refresh-ahead
+            return
+        verb = statement.lstrip().split(None, 1)[0].upper()
+        if verb in {"SELECT", "INSERT", "UPDATE", "DELETE"}:
+            seen.append(" ".join(statement.split())[:40])
+
+    engine = get_db(app).engine
+    sa_event.listen(engine, "before_cursor_execute", record)
+    try:
+        registration_service.cancel(get_db(app).unit_of_work, first.registration_id)
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", record)
+
+    assert sum(s.startswith('UPDATE "Events"') for s in seen) == 1, seen
+    assert len(seen) <= 8, seen
+    with get_db(app).engine.connect() as conn:
+        row = conn.execute(
+            select(events.c.ConfirmedCount, events.c.WaitlistCount).where(events.c.Id == event_id)
+        ).one()
+    assert (row.ConfirmedCount, row.WaitlistCount) == (1, 0)
 
 
 def test_capacity_increase_promotes_up_to_that_many_in_order(

@@ -13,11 +13,16 @@ if TYPE_CHECKING:
 
 
 def _fill_free_seats(event_id: int, uow: UnitOfWork) -> None:
-    uow.flush()
     event = uow.events.get(event_id, for_update=True)
     if event is None or event.seats_left == 0 or event.waitlist_count == 0:
         return
-    head = uow.registrations.waitlist_head(event.id, min(event.seats_left, event.waitlist_count))
+    # Nothing pending in this unit of work changes who is waiting (the seat was freed
+    # by a confirmed registration, or by a new capacity), so the query need not flush
+    # first: the event's counters are then written once, at the commit.
+    with uow.session.no_autoflush:
+        head = uow.registrations.waitlist_head(
+            event.id, min(event.seats_left, event.waitlist_count)
+        )
     event.promote(head, uow.now)
 
 
