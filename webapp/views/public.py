@@ -151,7 +151,11 @@ def event_detail(event_id: int) -> tuple[str, int]:
     event = _load_event(event_id)
     form = RegistrationForm(formdata=None)
     form.idempotency_token.data = personal_value("idempotency_token", new_idempotency_token())
-    ttl = timedelta(seconds=int(current_app.config["CACHE_TTL_PAGE_OUTPUT"]))
+    config = current_app.config
+    # how long a copy may live: in Redis, then as a process's near-cache copy
+    ttl = timedelta(
+        seconds=int(config["CACHE_TTL_PAGE_OUTPUT"]) + float(config["CACHE_NEAR_TTL_SECONDS"])
+    )
     if event["start_date"] - _now() <= ttl:
         do_not_store()  # a copy would still offer the form after the start
     return _event_page(event, form)
