@@ -323,7 +323,7 @@ def test_cached_event_page_gives_each_visitor_their_own_tokens_and_live_seats(
     assert "Join the waitlist" in page.get_data(as_text=True)
 
 
-def test_event_page_is_not_stored_shortly_before_the_start(
+def test_pages_are_not_stored_shortly_before_an_event_starts(
     app: Flask, create_event: Callable[..., int]
 ) -> None:
     """A copy must not keep offering the form after the event has started."""
@@ -333,6 +333,9 @@ def test_event_page_is_not_stored_shortly_before_the_start(
     client = app.test_client()
     assert client.get(f"/events/{event_id}").headers["X-Cache"] == "MISS"
     assert client.get(f"/events/{event_id}").headers["X-Cache"] == "MISS"
+    # the list shows it as open: not stored either, until the event has started
+    assert client.get("/").headers["X-Cache"] == "MISS"
+    assert client.get("/").headers["X-Cache"] == "MISS"
     assert cached_pages(app) == []
 
 

@@ -57,6 +57,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _copy_lifetime() -> timedelta:
+    """How long a cached page may be served: the page TTL in Redis, then as a
+    process's near-cache copy."""
+    config = current_app.config
+    return timedelta(
+        seconds=int(config["CACHE_TTL_PAGE_OUTPUT"]) + float(config["CACHE_NEAR_TTL_SECONDS"])
+    )
+
+
 def _registration_state(event: dict[str, Any]) -> str | None:
     """Why the event takes no registrations, or None when it does."""
     if event["start_date"] <= _now():
@@ -142,6 +151,8 @@ def event_list() -> str:
     now = _now()
     for event in events:
         event["closed"] = not event["registration_open"] or event["start_date"] <= now
+    if any(event["start_date"] <= now + _copy_lifetime() for event in events):
+        do_not_store()  # a copy would still show an event as open after its start
     return render_template("public/events.html", events=events)
 
 
@@ -151,12 +162,7 @@ def event_detail(event_id: int) -> tuple[str, int]:
     event = _load_event(event_id)
     form = RegistrationForm(formdata=None)
     form.idempotency_token.data = personal_value("idempotency_token", new_idempotency_token())
-    config = current_app.config
-    # how long a copy may live: in Redis, then as a process's near-cache copy
-    ttl = timedelta(
-        seconds=int(config["CACHE_TTL_PAGE_OUTPUT"]) + float(config["CACHE_NEAR_TTL_SECONDS"])
-    )
-    if event["start_date"] - _now() <= ttl:
+    if event["start_date"] <= _now() + _copy_lifetime():
         do_not_store()  # a copy would still offer the form after the start
     return _event_page(event, form)
 
