@@ -46,10 +46,13 @@ class NearCache:
     """Bounded, TTL-limited, thread-safe process-local copies of cached values."""
 
     def __init__(self, regions: Iterable[str], ttl: float, max_entries: int = 10_000) -> None:
+        """``max_entries`` bounds the number of keys kept (a hash key with its fields
+        counts once)."""
         self.regions = frozenset(regions)
         self.ttl = ttl
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, str | None], tuple[float, Any]] = OrderedDict()
+        #: key -> field (None for a plain key) -> (expires at, value); least recent key first
+        self._entries: OrderedDict[str, dict[str | None, tuple[float, Any]]] = OrderedDict()
         self._lock = threading.Lock()
         self._epoch = 0
         self._live = False
@@ -87,11 +90,16 @@ class NearCache:
         if not self._live:
             return _MISSING
         with self._lock:
-            entry = self._entries.get((key, field))
+            fields = self._entries.get(key)
+            if fields is None:
+                return _MISSING
+            entry = fields.get(field)
             if entry is None:
                 return _MISSING
             if entry[0] < time.monotonic():
-                del self._entries[(key, field)]
+                del fields[field]
+                if not fields:
+                    del self._entries[key]
                 return _MISSING
             return entry[1]
 
@@ -100,8 +108,8 @@ class NearCache:
         with self._lock:
             if not self._live or epoch != self._epoch:
                 return False
-            self._entries[(key, field)] = (time.monotonic() + self.ttl, value)
-            self._entries.move_to_end((key, field))
+            self._entries.setdefault(key, {})[field] = (time.monotonic() + self.ttl, value)
+            self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
             return True
@@ -114,11 +122,11 @@ class NearCache:
             if CLEAR_ALL in keys:
                 self._entries.clear()
                 return
-            for entry_key in [k for k in self._entries if k[0] in keys]:
-                del self._entries[entry_key]
+            for key in keys:  # one lookup per key, however many copies are kept
+                self._entries.pop(key, None)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(len(fields) for fields in self._entries.values())
 
 
 MISSING = _MISSING
