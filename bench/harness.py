@@ -96,7 +96,11 @@ class Options:
         p.add_argument("--no-pgbench", action="store_true")
         p.add_argument("--dead-letters", type=int, default=None)
         p.add_argument(
-            "--profile", default=None, help="py-spy a web worker during this scenario (32 clients)"
+            "--profile",
+            default=None,
+            metavar="SCENARIO[:ROLE]",
+            help="py-spy the processes of ROLE (web, relay or worker; default web) during "
+            "this scenario at the highest concurrency",
         )
         a = p.parse_args(argv)
         o = cls(quick=a.quick)
@@ -337,20 +341,23 @@ class Bench:
     def start_profiler(
         self, stack: Stack, scenario: str, concurrency: int
     ) -> subprocess.Popen[bytes] | None:
-        if self.o.profile != scenario or concurrency != max(self.o.concurrencies):
+        if self.o.profile is None or concurrency != max(self.o.concurrencies):
             return None
-        pids = stack.pids("web")
-        if len(pids) < 2:
+        wanted, _, role = self.o.profile.partition(":")
+        role = role or "web"
+        pids = stack.pids(role)
+        if wanted != scenario or not pids:
             return None
-        out = ROOT / "var" / "bench" / f"profile-{scenario}-{int(time.time())}.txt"
+        out = ROOT / "var" / "bench" / f"profile-{scenario}-{role}-{int(time.time())}.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
-        log(f"py-spy recording web worker {pids[1]} -> {out}")
+        log(f"py-spy recording {role} (pid {pids[0]} and its children) -> {out}")
         return subprocess.Popen(
             [
                 str(Path(sys.executable).parent / "py-spy"),
                 "record",
                 "--pid",
-                str(pids[1]),
+                str(pids[0]),
+                "--subprocesses",
                 "--duration",
                 str(int(self.o.duration + self.o.warmup)),
                 "--format",

@@ -334,9 +334,9 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
         "Run it: `make bench` (full, < 10 minutes) or `make bench-quick` (< 2 minutes: "
         "1 and 32 clients, 1.2 s per run, 20,000 dead letters). Options: "
         "`python -m bench --help` (`--scenarios`, `--concurrency`, `--duration`, "
-        "`--workers/--threads/--worker-class`, `--profile SCENARIO` for a py-spy "
-        "profile of one web worker into `var/bench/`). It uses the database `les_bench` "
-        "(dropped and recreated) and Redis databases 10 and 11 only.",
+        "`--workers/--threads/--worker-class`, `--profile SCENARIO[:web|relay|worker]` "
+        "for a py-spy profile of that role's processes into `var/bench/`). It uses the "
+        "database `les_bench` (dropped and recreated) and Redis databases 10 and 11 only.",
         "",
         "## Targets (issue 7)",
         "",

@@ -157,34 +157,28 @@ class Stack:
             self.peak_rss = {k: dict(v) for k, v in peaks.items()}
             self._stop.wait(0.25)
 
-    def cpu_seconds(self) -> dict[str, dict[int, float]]:
-        """CPU time used so far per process of each role (for the relay and worker also
-        their reaped children: a work horse lives for one job)."""
-        out: dict[str, dict[int, float]] = {}
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each role's process tree: every live process, plus
+        the children each has reaped (a gunicorn worker recycled by ``max_requests``, an
+        RQ work horse that lived one job). A process that ends between two samples is
+        counted in full by its parent once reaped, so the difference of two samples is
+        the tree's CPU in between."""
+        out: dict[str, float] = {}
         for role in self.processes:
-            per_pid: dict[int, float] = {}
+            total = 0.0
             for pid in self.pids(role):
                 try:
                     times = psutil.Process(pid).cpu_times()
-                    per_pid[pid] = times.user + times.system
-                    if role != "web":  # RQ work horses live one job: counted once reaped
-                        per_pid[pid] += times.children_user + times.children_system
                 except psutil.NoSuchProcess:
                     continue
-            out[role] = per_pid
+                total += times.user + times.system + times.children_user + times.children_system
+            out[role] = total
         return out
 
     @staticmethod
-    def cpu_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict:
-        """CPU seconds per role between two samples. Per process, so a recycled gunicorn
-        worker (max_requests) or a finished work horse never makes it negative; the last
-        moments of a process that exited in between are not counted."""
-        return {
-            role: sum(
-                max(cpu - before.get(role, {}).get(pid, 0.0), 0.0) for pid, cpu in pids.items()
-            )
-            for role, pids in after.items()
-        }
+    def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        """CPU seconds per role between two samples of :meth:`cpu_seconds`."""
+        return {role: max(used - before.get(role, 0.0), 0.0) for role, used in after.items()}
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM every role, SIGKILL what is still running after ``grace`` seconds (a
