@@ -55,9 +55,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     delivery.init_app(app)  # outbox after-commit hooks: wake the relay / inline handlers
 
     from webapp import observability
+    from webapp.adapters import csrf_tokens
 
     observability.init_app(app)  # logs, traces (engine included), metrics
     csrf.init_app(app)
+    csrf_tokens.init_app(app)  # signs the session's token once, not on every page
     login_manager.init_app(app)
     limiter.init_app(app)
 

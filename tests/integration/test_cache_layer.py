@@ -253,3 +253,61 @@ def test_unlocked_regions_load_once_per_process_without_a_redis_lock(
     assert results == [{"body": "<html>"}] * 20
     assert locks_seen == [0]
     assert client.get(layer.prefix + slot.key) is not None  # stored for the others
+
+
+class _CountingConnection(redis.Connection):
+    """Counts what is sent to Redis: one call per command or per pipeline."""
+
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sent += 1
+        super().send_packed_command(command, check_health)
+
+
+@pytest.mark.parametrize(
+    ("region", "round_trips"),
+    [
+        (EVENT_DETAILS, 5),  # read, generations + lock, read again, store, release
+        (PAGE_OUTPUT, 3),  # read, generations, store (no cross-process lock)
+    ],
+)
+def test_a_miss_costs_a_fixed_number_of_round_trips_and_a_hit_one(
+    redis_url: str, region: str, round_trips: int
+) -> None:
+    """The Lua stores and lock releases travel inside their pipelines (no SCRIPT EXISTS
+    ahead of each), so a miss is a fixed, small number of round trips."""
+    pool = redis.ConnectionPool.from_url(
+        next_redis_db(redis_url), connection_class=_CountingConnection
+    )
+    client = redis.Redis(connection_pool=pool)
+    client.ping()  # the connection's handshake is not the miss's
+    layer = make_layer(client, stats_flush_interval=3600)  # no counter flush meanwhile
+    slot = Slot(region, f"k{uuid.uuid4().hex[:6]}")
+
+    before = _CountingConnection.sent
+    assert layer.get(slot, lambda: {"title": "Launch"}) == {"title": "Launch"}
+    assert _CountingConnection.sent - before == round_trips
+
+    before = _CountingConnection.sent
+    assert layer.get(slot, lambda: pytest.fail("a hit must not load")) == {"title": "Launch"}
+    assert _CountingConnection.sent - before == 1
+    pool.disconnect()
+
+
+def test_a_fresh_value_is_stored_with_a_keys_first_invalidation_only(client: redis.Redis) -> None:
+    """A new key's value rides on its first invalidation. If another write's
+    invalidation of that key got there first (a promotion that overtook the new
+    registration's after-commit hook), the older value stays out."""
+    layer = make_layer(client)
+    new, overtaken = (Slot(USER_INFORMATION, f"registration:{uuid.uuid4()}") for _ in range(2))
+
+    assert layer.invalidate({new.key}, fresh={new: {"status": "Confirmed"}})
+    assert layer.get(new, lambda: pytest.fail("stored with the commit")) == {"status": "Confirmed"}
+    assert layer.invalidate({new.key})  # a later write drops it as usual
+    assert layer.get(new, lambda: {"status": "Cancelled"}) == {"status": "Cancelled"}
+
+    assert layer.invalidate({overtaken.key})  # the newer write's invalidation came first
+    assert layer.invalidate({overtaken.key}, fresh={overtaken: {"status": "Waitlisted"}})
+    assert client.get(layer.prefix + overtaken.key) is None
+    assert layer.get(overtaken, lambda: {"status": "Confirmed"}) == {"status": "Confirmed"}

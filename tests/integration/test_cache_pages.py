@@ -18,11 +18,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import event
 
 from tests.conftest import csrf_token_from, make_app
-from webapp.adapters.cache import get_cache
+from webapp.adapters import queries
+from webapp.adapters.cache import USER_INFORMATION, Slot, get_cache
 from webapp.config import next_redis_db
 from webapp.extensions import get_db
 from webapp.services import events as event_service
 from webapp.services import registrations
+from webapp.services.read_model import registration_key
 from webapp.services.status_links import make_token
 
 pytestmark = pytest.mark.redis
@@ -133,6 +135,39 @@ def test_after_a_registration_the_writers_next_pages_need_no_sql(
     assert "1 person waiting" in text_of(client, f"/events/{event_id}")
     assert statements_for(app, client, "/") == 0  # page re-rendered from cached data
     assert "0 of 1" in text_of(client, "/")
+
+
+def test_a_new_registrations_record_is_cached_as_it_commits(
+    app: Flask,
+    client: FlaskClient,
+    create_event: Callable[..., int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The status page right after registering needs no query: the record is stored
+    with the commit's invalidation (not by the refresh-ahead thread, which loses the
+    race against the browser's redirect), exactly as the database would give it,
+    with the name the attendee is stored under."""
+    from webapp.services import read_model
+
+    monkeypatch.setattr(read_model, "refresh_after_write", lambda *args: None)  # no help
+    event_id = create_event(capacity=5)
+    client.get(f"/events/{event_id}")  # the event's details are cached
+    first = registrations.register(get_db(app).unit_of_work, event_id, "Ann", "ann@example.com")
+    registrations.cancel(get_db(app).unit_of_work, first.registration_id)
+    again = registrations.register(  # the same email: the stored name stays "Ann"
+        get_db(app).unit_of_work, event_id, "Annie", "ANN@example.com"
+    )
+    status = f"/registrations/{make_token(app.secret_key, again.registration_id)}"
+
+    assert statements_for(app, client, status) == 0
+    assert status_of(client, status) == ("Confirmed", None)
+    assert "Ann" in text_of(client, status) and "Annie" not in text_of(client, status)
+    cached = get_cache(app).get(
+        Slot(USER_INFORMATION, registration_key(again.registration_id)),
+        lambda: pytest.fail("the record should be cached"),
+    )
+    with get_db(app).engine.connect() as conn:
+        assert cached == queries.registration_record(conn, again.registration_id)
 
 
 # -- one's own write is visible on the next page -------------------------------------------
@@ -254,6 +289,52 @@ def test_cached_list_page_carries_each_visitors_own_csrf_token(
         headers={"X-CSRFToken": bob_token},  # the token of the cached list page works
     )
     assert posted.status_code == 303
+
+
+@pytest.fixture
+def signing_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each signature gets a later timestamp, as if every page came a second later."""
+    from itsdangerous import TimestampSigner
+
+    ticks = iter(range(1_800_000_000, 1_900_000_000))
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: next(ticks))
+
+
+def test_a_visitors_signed_csrf_token_is_signed_once_and_keeps_working(
+    app: Flask, create_event: Callable[..., int], signing_clock: None
+) -> None:
+    """The signed token is kept per session (it never expires: no time limit), so a
+    cached page costs no signature; every page still carries the visitor's own."""
+    event_id = create_event(capacity=3)
+    ann, bob = app.test_client(), app.test_client()
+    ann_tokens = [csrf_token_from(ann.get(path).get_data(as_text=True)) for path in ("/", "/")]
+    ann_tokens.append(csrf_token_from(ann.get(f"/events/{event_id}").get_data(as_text=True)))
+    bob_token = csrf_token_from(bob.get("/").get_data(as_text=True))
+
+    assert len(set(ann_tokens)) == 1  # signed once, although each page "came later"
+    assert bob_token != ann_tokens[0]
+    html = ann.get(f"/events/{event_id}").get_data(as_text=True)
+    form = {"name": "Ann", "email": "ann@example.com"}
+    refused = ann.post(
+        f"/events/{event_id}/register",
+        data=form | {"idempotency_token": idempotency_token_from(html), "csrf_token": bob_token},
+    )
+    assert refused.status_code == 400  # another visitor's token is not Ann's
+    posted = ann.post(
+        f"/events/{event_id}/register",
+        data=form
+        | {"idempotency_token": idempotency_token_from(html), "csrf_token": ann_tokens[0]},
+    )
+    assert posted.status_code == 303, posted.get_data(as_text=True)
+
+
+def test_with_a_csrf_time_limit_every_page_signs_afresh(
+    app: Flask, create_event: Callable[..., int], signing_clock: None
+) -> None:
+    app.config["WTF_CSRF_TIME_LIMIT"] = 3600  # a kept copy would expire early
+    ann = app.test_client()
+    tokens = {csrf_token_from(ann.get("/").get_data(as_text=True)) for _ in range(3)}
+    assert len(tokens) == 3
 
 
 def test_pages_with_a_flashed_message_are_neither_served_nor_stored(

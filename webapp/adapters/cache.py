@@ -139,6 +139,19 @@ redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
 return 1
 """
+#: KEYS = gen, key; ARGV = gen ttl_ms, value ttl_ms, value. Bump the generation; store
+#: the value only if this was the key's first bump, else drop whatever is there.
+_BUMP_AND_STORE_IF_FIRST = """
+local gen = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+if gen == 1 then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+  return 1
+end
+redis.call('DEL', KEYS[2])
+return 0
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -218,10 +231,6 @@ class CacheLayer:
         )
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (layer := ref()) and layer._after_fork())
-        if client is not None:
-            self._store_script = client.register_script(_STORE)
-            self._store_field_script = client.register_script(_STORE_FIELD)
-            self._release_script = client.register_script(_RELEASE)
 
     def _after_fork(self) -> None:
         """A forked child (gunicorn worker, RQ work horse) must not inherit locks that
@@ -544,13 +553,14 @@ class CacheLayer:
                     keys += [self._gen(slot.key), self._k(slot.key)]
                     args += [gen, dumps(value)]
                 else:
-                    self._store_field_script(
-                        keys=[self._gen(slot.key), self._k(slot.key)],
-                        args=[ttl_ms, gen, slot.field, dumps(value)],
-                        client=pipe,
+                    _queue_script(
+                        pipe,
+                        _STORE_FIELD,
+                        [self._gen(slot.key), self._k(slot.key)],
+                        [ttl_ms, gen, slot.field, dumps(value)],
                     )
             for ttl_ms, (keys, args) in by_ttl.items():
-                self._store_script(keys=keys, args=[ttl_ms, *args], client=pipe)
+                _queue_script(pipe, _STORE, keys, [ttl_ms, *args])
             pipe.execute()
         except Exception as error:
             self._failed([], error)
@@ -611,7 +621,7 @@ class CacheLayer:
         try:
             pipe = self.client.pipeline(transaction=False)
             for slot, token in tokens.items():
-                self._release_script(keys=[self._lock(slot)], args=[token], client=pipe)
+                _queue_script(pipe, _RELEASE, [self._lock(slot)], [token])
             pipe.execute()
         except Exception as error:  # the lock expires by itself
             self._failed([], error)
@@ -648,8 +658,14 @@ class CacheLayer:
         self._store(loaded, gens)
         return loaded
 
-    def invalidate(self, keys: set[str] | list[str]) -> bool:
+    def invalidate(self, keys: set[str] | list[str], fresh: dict[Slot, Any] | None = None) -> bool:
         """Delete ``keys`` (plain or hash) and bump their generations, atomically.
+
+        ``fresh``: values of keys that came into being with this write (a new
+        registration's record), stored in the same transaction, but only where this is
+        the key's first invalidation ever (its generation becomes 1). Any earlier bump
+        (a later write to the same key whose invalidation overtook this one) keeps the
+        value out, so it can never overwrite newer state.
 
         Returns False when Redis could not be reached: the whole cache is then cleared
         as soon as Redis answers again, so no stale value survives the outage.
@@ -661,7 +677,18 @@ class CacheLayer:
         try:
             self._check_available()
             pipe = self.client.pipeline(transaction=True)
+            fresh = fresh or {}
+            firsts = {s.key: s for s in fresh if s.field is None and s.key in keys}
             for key in sorted(keys):
+                slot = firsts.get(key)
+                if slot is not None:
+                    _queue_script(
+                        pipe,
+                        _BUMP_AND_STORE_IF_FIRST,
+                        [self._gen(key), self._k(key)],
+                        [_GEN_TTL_MS, self.ttls[slot.region] * 1000, dumps(fresh[slot])],
+                    )
+                    continue
                 pipe.incr(self._gen(key))
                 pipe.pexpire(self._gen(key), _GEN_TTL_MS)
                 pipe.delete(self._k(key))
@@ -687,6 +714,14 @@ class CacheLayer:
             yield
         finally:
             self.enabled = previous
+
+
+def _queue_script(pipe: Any, script: str, keys: list[str], args: list[Any]) -> None:
+    """Queue a Lua script on a pipeline as a plain EVAL. (A redis-py ``Script`` object
+    makes every pipeline that carries it ask SCRIPT EXISTS first: one more round trip
+    on each store and lock release. Redis caches the compiled script by its hash, so
+    EVAL only sends the few hundred bytes of source again.)"""
+    pipe.eval(script, len(keys), *keys, *args)
 
 
 def _gen_value(raw: bytes | None) -> str:

@@ -27,9 +27,9 @@ from functools import wraps
 from typing import Any
 
 from flask import Response, current_app, g, make_response, request, session
-from flask_wtf.csrf import generate_csrf
 
 from webapp.adapters.cache import PAGE_OUTPUT, Slot, get_cache
+from webapp.adapters.csrf_tokens import csrf_token
 
 #: site-wide pages: every change of an event drops their keys
 CACHED_PAGE_ENDPOINTS = ("public.event_list",)
@@ -117,7 +117,7 @@ def _storable(response: Response) -> dict[str, Any] | None:
 def _personalise(stored: dict[str, Any], generators: dict[str, Callable[[], str]]) -> str:
     body: str = stored["body"]
     if _CSRF_MARKER in body:
-        body = body.replace(_CSRF_MARKER, generate_csrf())
+        body = body.replace(_CSRF_MARKER, csrf_token())
     for name in stored.get("personal", ()):
         generate = generators.get(name)
         if generate is None:  # stored by another version of the view: do not guess

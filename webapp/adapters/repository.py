@@ -116,10 +116,10 @@ class AttendeeRepository:
         stmt = select(Attendee).where(Attendee.email == email)  # type: ignore[arg-type]
         return self.session.scalars(stmt).first()
 
-    def ensure(self, attendee: Attendee) -> uuid.UUID:
-        """The id of the attendee with this email, inserting them when new: one
-        statement (``INSERT ... ON CONFLICT (Email) DO UPDATE ... RETURNING``). An
-        existing attendee keeps their name."""
+    def ensure(self, attendee: Attendee) -> tuple[uuid.UUID, str]:
+        """The id and stored name of the attendee with this email, inserting them when
+        new: one statement (``INSERT ... ON CONFLICT (Email) DO UPDATE ... RETURNING``).
+        An existing attendee keeps their name."""
         insert = (
             postgresql.insert
             if self.session.get_bind().dialect.name == "postgresql"
@@ -130,5 +130,6 @@ class AttendeeRepository:
         )
         stmt = stmt.on_conflict_do_update(
             index_elements=[users.c.Email], set_={"Email": stmt.excluded.Email}
-        ).returning(users.c.Id)
-        return uuid.UUID(str(self.session.execute(stmt).scalar_one()))
+        ).returning(users.c.Id, users.c.Name)
+        row = self.session.execute(stmt).one()
+        return uuid.UUID(str(row.Id)), str(row.Name)

@@ -16,14 +16,19 @@ waitlist moved (cancel while waiting,          ``waitlist:<id>`` (all positions 
 promotion)                                     event)
 event created or edited, capacity changed      ``event:<id>``, ``upcoming``
 =============================================  ==========================================
+
+A registration created by the commit has its record stored in the same Redis
+transaction (``fresh_records``; only if nothing invalidated that key before), so
+the status page after the redirect reads it from the cache.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
-from webapp.adapters.cache import CacheLayer
+from webapp.adapters.cache import USER_INFORMATION, CacheLayer, Slot
 from webapp.adapters.cache_pages import all_page_keys, event_page_keys
 from webapp.domain.messages import (
     Message,
@@ -32,6 +37,7 @@ from webapp.domain.messages import (
     RegistrationPromoted,
     WaitlistPositionChanged,
 )
+from webapp.domain.model import RegistrationStatus
 from webapp.services.read_model import (
     UPCOMING_KEY,
     counts_key,
@@ -82,14 +88,41 @@ def keys_to_invalidate(result: CommitResult) -> set[str]:
     return keys
 
 
+def fresh_records(result: CommitResult) -> dict[Slot, dict[str, Any]]:
+    """The records of the registrations this commit created, as the status page reads
+    them (``queries.registration_record``'s shape): stored as they are invalidated,
+    so the page after the registration's redirect needs no query."""
+    return {
+        Slot(USER_INFORMATION, registration_key(new.registration_id)): {
+            "registration_id": new.registration_id,
+            "event_id": new.event_id,
+            "status": new.status,
+            "queue_key": new.queue_key,
+            "created_at": new.created_at,
+            "cancelled_at": None,
+            "name": new.name,
+            "email": new.email,
+        }
+        for new in result.new_registrations
+    }
+
+
 def to_refresh(result: CommitResult) -> tuple[set[int], set[str]]:
-    """Events whose counts, and registrations whose records, the writer reads next."""
+    """Events whose counts, and registrations whose records, the writer reads next (a
+    new confirmed registration's record is stored fresh instead; a new waiting one is
+    still refreshed, for its waitlist position)."""
     event_ids = set(result.event_ids)
     registration_ids: set[str] = set()
+    stored = {
+        str(new.registration_id)
+        for new in result.new_registrations
+        if new.status != RegistrationStatus.WAITLISTED.value
+    }
     for message in result.messages:
         if getattr(message, "event_id", None) is not None:
             event_ids.add(int(message.event_id))  # type: ignore[attr-defined]
-        if isinstance(message, RegistrationCreated | RegistrationPromoted | RegistrationCancelled):
+        changed = RegistrationCreated | RegistrationPromoted | RegistrationCancelled
+        if isinstance(message, changed) and str(message.registration_id) not in stored:
             registration_ids.add(message.registration_id)
     return event_ids, registration_ids
 
@@ -106,7 +139,7 @@ def make_hook(
         keys = keys_to_invalidate(result)
         if not keys:
             return
-        if not layer.invalidate(keys):
+        if not layer.invalidate(keys, fresh=fresh_records(result)):
             return  # Redis unreachable: nothing to refresh into
         if refresh is not None:
             try:

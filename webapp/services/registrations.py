@@ -13,7 +13,7 @@ from webapp.adapters.tables import registrations as registrations_table
 from webapp.domain import errors
 from webapp.domain.model import Attendee, Registration, RegistrationStatus
 from webapp.services.retry import with_retries
-from webapp.services.unit_of_work import UnitOfWork, utcnow
+from webapp.services.unit_of_work import NewRegistration, UnitOfWork, utcnow
 
 UowFactory = Callable[[], UnitOfWork]
 
@@ -61,9 +61,20 @@ def register(
             if event is None:
                 raise errors.EventNotFound("This event does not exist.")
             attendee = Attendee(candidate.name, candidate.email, now=uow.now, id=candidate.id)
-            attendee.id = uow.attendees.ensure(attendee)
+            attendee.id, stored_name = uow.attendees.ensure(attendee)
             registration = event.register(attendee, uow.now, idempotency_key)
             uow.registrations.add(registration)
+            uow.created(
+                NewRegistration(
+                    registration.id,
+                    event_id,
+                    registration.status.value,
+                    registration.queue_key,
+                    registration.created_at,
+                    stored_name,
+                    candidate.email,
+                )
+            )
             try:
                 uow.commit()
             except IntegrityError as error:

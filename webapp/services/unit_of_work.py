@@ -10,6 +10,7 @@ after the commit succeeded.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class NewRegistration:
+    """A registration this unit of work created, as committed, with its attendee's
+    stored name and email: enough for the read cache to hold its record right away."""
+
+    registration_id: uuid.UUID
+    event_id: int
+    status: str
+    queue_key: int | None
+    created_at: datetime
+    name: str
+    email: str
+
+
 @dataclass
 class CommitResult:
     """What a committed unit of work changed, for after-commit hooks."""
@@ -43,6 +58,7 @@ class CommitResult:
     messages: list[Message] = field(default_factory=list)
     event_ids: set[int] = field(default_factory=set)
     outbox_rows: list[dict[str, Any]] = field(default_factory=list)
+    new_registrations: list[NewRegistration] = field(default_factory=list)
 
 
 AfterCommitHook = Callable[[CommitResult], None]
@@ -84,6 +100,10 @@ class UnitOfWork:
 
     def flush(self) -> None:
         self.session.flush()
+
+    def created(self, registration: NewRegistration) -> None:
+        """Report a registration this unit of work creates (to after-commit hooks)."""
+        self._result.new_registrations.append(registration)
 
     def audit(
         self,
