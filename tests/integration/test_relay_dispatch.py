@@ -157,3 +157,26 @@ def test_in_process_relay_on_sqlite_is_woken_by_the_commit(sqlite_url: str, redi
         relay.stop()
         time.sleep(0.1)
         get_db(app).dispose()
+
+
+@pytest.mark.postgres
+def test_relay_on_postgresql_is_woken_by_the_commits_notify(
+    postgres_url: str, redis_url: str
+) -> None:
+    """A committed message wakes the waiting relay at once (LISTEN/NOTIFY), instead of
+    leaving it until its next poll (every second)."""
+    app = make_app(postgres_url, redis_url)
+    relay = _relay(app, "listener", redis_url, poll_interval=1.0)
+    try:
+        event_id = _event(app)
+        relay._listen()  # the relay is waiting from here on
+        relay._wait()  # anything sent before the wait began is consumed (or 1 s passes)
+
+        _register(app, event_id, 1)
+        started = time.monotonic()
+        relay._wait()
+        waited = time.monotonic() - started
+        assert waited < 0.5, f"the relay waited {waited:.3f} s: it was not woken"
+    finally:
+        relay.close()
+        get_db(app).dispose()

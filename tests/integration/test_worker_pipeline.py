@@ -98,9 +98,8 @@ def test_registration_mail_arrives_through_relay_and_worker(
             func, _, args, _ = json.loads(zlib.decompress(job[b"data"]))  # JSON, no pickle
             assert (func, args) == (HANDLE_MESSAGE_JOB, [str(row["Id"])])
             assert json.loads(job[b"meta"])["message_type"] == row["Type"]
-        latencies = sorted((r["DispatchedAt"] - r["CreatedAt"]).total_seconds() for r in rows)
-        print("transaction start -> enqueued (s):", [round(x, 4) for x in latencies])
-        assert latencies[-1] < 1.0
+        # how fast the relay is woken is asserted without timing noise from other
+        # processes in test_relay_dispatch (LISTEN/NOTIFY); the benchmark measures it
     finally:
         relay.stop()
         worker.stop()
