@@ -198,3 +198,26 @@ def test_every_dead_letter_query_shape_has_an_index(postgres_url: str) -> None:
         )
         assert "Seq Scan" not in groups
     engine.dispose()
+
+
+def test_the_dead_lettered_per_minute_series_reads_an_index(db_url: str) -> None:
+    """The overview's series counts every dead letter of the last hour, archived ones
+    too; it must not read the whole outbox, which grows with every processed message."""
+    engine = create_engine(normalize_url(db_url))
+    since = datetime.now(UTC) - timedelta(hours=1)
+    with engine.begin() as conn:
+        seed_dead_letters(conn, 200)
+        if conn.dialect.name == "postgresql":
+            conn.execute(text('ANALYZE "OutboxMessages"'))
+    with engine.connect() as conn:
+        stmt = q.per_minute_statement(conn, om.DeadLetteredAt, since)
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SET enable_seqscan = off"))
+            plan = _plan(conn, stmt)
+        else:
+            compiled = stmt.compile(dialect=conn.dialect)
+            params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + compiled.string, params)
+            plan = "\n".join(str(r[-1]) for r in rows)
+    engine.dispose()
+    assert "IX_OutboxMessages_DeadLetteredAt" in plan, plan

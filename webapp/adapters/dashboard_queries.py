@@ -19,6 +19,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Integer,
+    Select,
     and_,
     case,
     cast,
@@ -201,15 +202,22 @@ def _minute_bucket(conn: Connection, column: Any) -> ColumnElement[Any]:
     return cast(func.strftime("%s", column), Integer) / 60
 
 
-def _per_minute(
+def per_minute_statement(
     conn: Connection, column: Any, since: datetime, *extra: ColumnElement[bool]
-) -> dict[int, int]:
+) -> Select[Any]:
+    """How many rows have ``column`` in each minute since ``since`` (minute, n)."""
     bucket = _minute_bucket(conn, column).label("minute")
-    stmt = (
+    return (
         select(bucket, func.count().label("n"))
         .where(column >= since, *extra)
         .group_by(literal_column("minute"))
     )
+
+
+def _per_minute(
+    conn: Connection, column: Any, since: datetime, *extra: ColumnElement[bool]
+) -> dict[int, int]:
+    stmt = per_minute_statement(conn, column, since, *extra)
     return {int(r.minute): int(r.n) for r in conn.execute(stmt)}
 
 
