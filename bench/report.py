@@ -409,6 +409,12 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
             *[
                 f"| {k} | {v} | {_fmt(cores * 1000 / v if v else None)} /s |"
                 for k, v in cpu.items()
+                if not k.endswith("_request_thread")
+            ],
+            *[
+                f"| {k.removesuffix('_request_thread')} (the request's own thread) | {v} | - |"
+                for k, v in cpu.items()
+                if k.endswith("_request_thread")
             ],
             "",
         ]
