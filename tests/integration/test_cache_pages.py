@@ -386,7 +386,7 @@ def test_cached_event_page_gives_each_visitor_their_own_tokens_and_live_seats(
     assert "\x00" not in bob_html  # no marker left behind
     assert "2 of 2" in bob_html
 
-    # both forms work; each registration drops the event's page, so seats are live
+    # both forms work; the copy stays, and its seats, waitlist and button are live
     for client, html, name in ((bob, bob_html, "Bob"), (ann, ann_html, "Ann")):
         posted = client.post(
             f"/events/{event_id}/register",
@@ -399,9 +399,20 @@ def test_cached_event_page_gives_each_visitor_their_own_tokens_and_live_seats(
         )
         assert posted.status_code == 303, posted.get_data(as_text=True)
     page = app.test_client().get(f"/events/{event_id}")
-    assert page.headers["X-Cache"] == "MISS"
-    assert "0 of 2" in page.get_data(as_text=True)
-    assert "Join the waitlist" in page.get_data(as_text=True)
+    html = page.get_data(as_text=True)
+    assert page.headers["X-Cache"] == "HIT"
+    assert "0 of 2" in html and "0 people waiting" in html
+    assert "This event is full" in html and "Join the waitlist" in html
+    assert "Seats are available" not in html and ">Register</button>" not in html
+    assert "\x00" not in html
+
+    hx = {"HX-Request": "true"}
+    app.test_client().get(f"/events/{event_id}", headers=hx)  # the HTMX variant's copy
+    registrations.register(get_db(app).unit_of_work, event_id, "Cid", "cid@example.com")
+    for headers in ({}, hx):
+        page = app.test_client().get(f"/events/{event_id}", headers=headers)
+        assert page.headers["X-Cache"] == "HIT", headers
+        assert "1 person waiting" in page.get_data(as_text=True), headers
 
 
 def test_pages_are_not_stored_shortly_before_an_event_starts(

@@ -20,11 +20,11 @@ def test_nothing_committed_drops_nothing() -> None:
     assert keys_to_invalidate(CommitResult()) == set()
 
 
-def test_new_registration_drops_counts_and_its_record_but_keeps_details() -> None:
+def test_new_registration_drops_counts_and_its_record_but_keeps_details_and_page() -> None:
+    """The event's cached page stays: its seats, waitlist and button are rendered from
+    the counts on every hit (cache_pages.live_part)."""
     result = CommitResult(messages=[RegistrationCreated(7, "r1", "a1", "Confirmed")], event_ids={7})
-    assert keys_to_invalidate(result) == (
-        {"counts:7", "registration:r1"} | PAGES | event_page_keys(7)
-    )
+    assert keys_to_invalidate(result) == {"counts:7", "registration:r1"} | PAGES
 
 
 def test_joining_the_waitlist_does_not_move_anyone_else() -> None:
@@ -46,6 +46,7 @@ def test_cancel_with_promotion_drops_both_people_and_the_waitlist() -> None:
     keys = keys_to_invalidate(result)
     assert {"registration:gone", "registration:lucky", "waitlist:7", "counts:7"} <= keys
     assert "event:7" not in keys and "upcoming" not in keys
+    assert not event_page_keys(7) & keys
 
 
 def test_leaving_the_waitlist_moves_the_people_behind() -> None:

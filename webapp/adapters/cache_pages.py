@@ -10,7 +10,7 @@ Two kinds of page:
   by every change of any event;
 - per-event pages (an event with its registration form,
   :data:`PER_EVENT_PAGE_ENDPOINTS`): one copy per event, dropped by every change of
-  that event (a registration changes its seats left).
+  that event's details or capacity (registrations change only its live parts).
 
 Personal values: a page's CSRF token belongs to the visitor's session and a form's
 idempotency token must be new on every render. Before storing, each is replaced by
@@ -18,6 +18,11 @@ a marker; on a hit, the reader's own CSRF token and a fresh value from the view'
 generator take their places, so every visitor posts a valid, unique form. A view
 registers such a value with :func:`personal_value`, and can keep a render out of
 the cache with :func:`do_not_store` (e.g. the event starts before the copy expires).
+
+Live parts: the few parts of an event page that change with each registration (seats
+left, waitlist length, the availability line and the button) go through the same
+mechanism (:func:`live_part` in the template, rendered from the event's cached
+counts on each hit), so a registration drops the event's counts but not its page.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from functools import wraps
 from typing import Any
 
 from flask import Response, current_app, g, make_response, request, session
+from markupsafe import Markup
 
 from webapp.adapters.cache import PAGE_OUTPUT, Slot, get_cache
 from webapp.adapters.csrf_tokens import csrf_token
@@ -59,6 +65,15 @@ def personal_value(name: str, value: str) -> str:
     in its place, for each visitor. Returns ``value``."""
     g.setdefault("_personal_values", {})[name] = value
     return value
+
+
+def live_part(name: str, html: Markup) -> Markup:
+    """In a template: ``html`` is a part of the page that a cached copy must not keep
+    (it changes with every registration: seats left, the waitlist, the button). Like a
+    personal value, each visitor gets it rendered afresh by the view's generator for
+    ``name``, so the copy survives the changes it would otherwise be dropped for."""
+    personal_value(name, html)
+    return html  # already escaped: a macro's output
 
 
 def do_not_store() -> None:

@@ -9,12 +9,13 @@ handlers are messages of the same commit, so they are covered too.
 =============================================  ==========================================
 change                                         keys dropped
 =============================================  ==========================================
-any change to an event                         ``counts:<id>``, the cached list pages,
-                                               the cached pages of that event
+any change to an event                         ``counts:<id>``, the cached list pages
 registration created / cancelled / promoted    ``registration:<uuid>`` of that registration
 waitlist moved (cancel while waiting,          ``waitlist:<id>`` (all positions of the
 promotion)                                     event)
-event created or edited, capacity changed      ``event:<id>``, ``upcoming``
+event created or edited, capacity changed      ``event:<id>``, ``upcoming``, the
+                                               cached pages of that event (their
+                                               counts are rendered live)
 =============================================  ==========================================
 
 A registration created by the commit has its record stored in the same Redis
@@ -77,12 +78,14 @@ def keys_to_invalidate(result: CommitResult) -> set[str]:
             keys.add(waitlist_key(int(event_id)))
     for event_id, messages in by_event.items():
         keys.add(counts_key(event_id))
-        keys |= event_page_keys(event_id)
         # no message (created, details edited) or a non-registration one (capacity):
-        # the details and the list of upcoming events may have changed
+        # the details, the event's pages and the list of upcoming events may have
+        # changed. The registration flow changes only the counts, which the cached
+        # event page renders live on every hit (cache_pages.live_part).
         if not messages or not all(isinstance(m, _REGISTRATION_FLOW) for m in messages):
             keys.add(event_key(event_id))
             keys.add(UPCOMING_KEY)
+            keys |= event_page_keys(event_id)
     if by_event:
         keys |= all_page_keys()
     return keys

@@ -129,6 +129,15 @@ def event_counts(event_ids: list[int]) -> dict[int, dict[str, Any]]:
     return {slots[slot]: value for slot, value in found.items()}
 
 
+def event_seats(event_id: int) -> dict[str, Any] | None:
+    """An event's capacity, confirmed count, waitlist length and seats left (the live
+    parts of its page), or None."""
+    counts = event_counts([event_id]).get(event_id)
+    if counts is None:
+        return None
+    return {**counts, "seats_left": max(counts["capacity"] - counts["confirmed_count"], 0)}
+
+
 def event_detail(event_id: int) -> dict[str, Any] | None:
     """One event with its description and live counts, or None."""
     layer = get_cache()
@@ -233,15 +242,13 @@ def warm(hottest: int = HOTTEST_EVENTS) -> int:
     return len(ids)
 
 
-def refresh_after_write(app: Flask, event_ids: set[int], registration_ids: set[str]) -> None:
-    """Refresh-ahead, right after a commit's invalidation: reload the counts of the
-    events it touched (one statement) and the registrations it changed, with the
-    position of a new waiting one, because the writer's next page reads exactly
-    these. Guarded like every store: a newer write's invalidation wins."""
+def refresh_counts(app: Flask, event_ids: set[int]) -> None:
+    """Reload the counts of these events now (one statement) and store them, unless a
+    newer write's invalidation overtakes the load."""
     layer = get_cache(app)
-    engine = get_db(app).engine
-    if not layer.enabled:
+    if not layer.enabled or not event_ids:
         return
+    engine = get_db(app).engine
     by_slot = {Slot(REGISTRATION_COUNTS, counts_key(e)): e for e in event_ids}
 
     def load_counts(missing: list[Slot]) -> dict[Slot, Any]:
@@ -250,6 +257,18 @@ def refresh_after_write(app: Flask, event_ids: set[int], registration_ids: set[s
         return {slot: _counts(rows[by_slot[slot]]) for slot in missing if by_slot[slot] in rows}
 
     layer.refresh(list(by_slot), load_counts)
+
+
+def refresh_after_write(app: Flask, event_ids: set[int], registration_ids: set[str]) -> None:
+    """Refresh-ahead, right after a commit's invalidation: reload the counts of the
+    events it touched and the registrations it changed, with the position of a new
+    waiting one, because the writer's next page reads exactly these. Guarded like
+    every store: a newer write's invalidation wins."""
+    layer = get_cache(app)
+    engine = get_db(app).engine
+    if not layer.enabled:
+        return
+    refresh_counts(app, event_ids)
     for registration_id in sorted(registration_ids):
         with engine.connect() as conn:
             _refresh_registration(layer, conn, registration_id)
@@ -384,9 +403,18 @@ def init_app(app: Flask) -> None:
     app.extensions["les.cache_warmer"] = warmer
     app.extensions["les.cache_refresher"] = refresher
     get_db(app).background.extend(h for h in (refresher, warmer) if h is not None)
+
+    def refresh(event_ids: set[int], registration_ids: set[str]) -> None:
+        """The counts now, in the writing request: every page of the event (the form the
+        next attendee opens, the list) reads them, and a background refresh lost the
+        race against the browser's redirect, so the load ran twice. Records later."""
+        refresh_counts(app, event_ids)
+        if registration_ids:
+            refresher.submit(set(), registration_ids)
+
     get_db(app).after_commit.append(
         cache_invalidation.make_hook(
-            layer, on_invalidated=warmer.request if warmer else None, refresh=refresher.submit
+            layer, on_invalidated=warmer.request if warmer else None, refresh=refresh
         )
     )
     if warmer is not None:  # the first warm-up, once the process may run threads
@@ -400,8 +428,10 @@ __all__ = [
     "event_counts",
     "event_detail",
     "event_details",
+    "event_seats",
     "init_app",
     "refresh_after_write",
+    "refresh_counts",
     "registration_status",
     "upcoming_events",
     "warm",

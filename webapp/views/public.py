@@ -8,6 +8,7 @@ Views never commit: each POST calls one use case, which opens its own unit of wo
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,8 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
+    get_template_attribute,
     make_response,
     redirect,
     render_template,
@@ -156,8 +159,30 @@ def event_list() -> str:
     return render_template("public/events.html", events=events)
 
 
+def _live_counts() -> dict[str, Any]:
+    """This request's event's current counts (once per request), for its live parts."""
+    if "_live_counts" not in g:
+        event_id = (request.view_args or {}).get("event_id")
+        counts = read_model.event_seats(event_id) if isinstance(event_id, int) else None
+        if counts is None:
+            raise LookupError(event_id)  # the page is rendered afresh (a 404 if gone)
+        g._live_counts = counts
+    return g._live_counts  # type: ignore[no-any-return]
+
+
+def _live_event_part(name: str) -> Callable[[], str]:
+    def render() -> str:
+        return str(get_template_attribute("public/_event_counts.html", name)(_live_counts()))
+
+    return render
+
+
+#: the parts of an event page that follow its counts (templates/public/_event_counts.html)
+LIVE_EVENT_PARTS = {name: _live_event_part(name) for name in ("seats", "availability", "submit")}
+
+
 @bp.get("/events/<int:event_id>")
-@cached_page(personal={"idempotency_token": new_idempotency_token})
+@cached_page(personal={"idempotency_token": new_idempotency_token, **LIVE_EVENT_PARTS})
 def event_detail(event_id: int) -> tuple[str, int]:
     event = _load_event(event_id)
     form = RegistrationForm(formdata=None)
