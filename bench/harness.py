@@ -359,6 +359,7 @@ class Bench:
                 "--pid",
                 str(pids[0]),
                 "--subprocesses",
+                "--gil",  # CPU: only samples of threads that hold the GIL
                 "--duration",
                 str(int(self.o.duration + self.o.warmup)),
                 "--format",
@@ -582,12 +583,14 @@ class Bench:
                 'FROM "OutboxMessages" GROUP BY 1'
             ).fetchall()
         )
+        stale = self.stale_cached_counts()
         result = {
             "outbox_drained": drained,
             "events_over_capacity": over,
             "events_with_counter_mismatch": counters_off,
             "duplicate_active_registrations": duplicates,
             "free_seats_with_waitlist": seats_wasted,
+            "events_with_stale_cached_counts": stale,
             "outbox": outbox,
         }
         result["ok"] = (
@@ -596,9 +599,35 @@ class Bench:
             and counters_off == 0
             and duplicates == 0
             and seats_wasted == 0
+            and stale == 0
             and outbox.get("pending", 0) == 0
         )
         return result
+
+    def stale_cached_counts(self) -> int:
+        """Events whose counts in the cache (Redis) differ from the database: the
+        writers store their own committed counts, in whatever order their after-commit
+        hooks run, so a wrong guard would show here."""
+        from webapp.adapters.cache import key_prefix, loads
+
+        assert self.conn is not None
+        rows = self.conn.execute(
+            'SELECT "Id", "Capacity", "ConfirmedCount", "WaitlistCount" FROM "Events"'
+        ).fetchall()
+        cache = redis.Redis.from_url(f"{REDIS_BASE}/{CACHE_DB}")
+        prefix = key_prefix({"DATABASE_URL": db_url()})
+        cached = cache.mget([f"{prefix}counts:{row[0]}" for row in rows])
+        stale = 0
+        for row, raw in zip(rows, cached, strict=True):
+            if raw is None:
+                continue
+            value = loads(raw)
+            stale += value != {
+                "capacity": row[1],
+                "confirmed_count": row[2],
+                "waitlist_count": row[3],
+            }
+        return stale
 
     def mail_check(self, result: dict[str, Any], label: str) -> None:
         """After the processes stopped (nothing in flight): one mail file per mail the

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from webapp.adapters.db import make_engine, make_session_factory, write_engine
 from webapp.adapters.orm import start_mappers
-from webapp.services.unit_of_work import AfterCommitHook, UnitOfWork
+from webapp.services.unit_of_work import AfterCommitHook, BeforeCommitHook, UnitOfWork
 
 csrf = CSRFProtect()
 login_manager = LoginManager()
@@ -39,6 +39,7 @@ class Database:
     read_sessions: sessionmaker[Session]
     write_sessions: sessionmaker[Session]
     after_commit: list[AfterCommitHook] = field(default_factory=list)
+    before_commit: list[BeforeCommitHook] = field(default_factory=list)
     max_retries: int = 3
     #: background helpers of this process that use the engine (``wait_idle(timeout)``)
     background: list[Any] = field(default_factory=list)
@@ -67,6 +68,7 @@ class Database:
         return UnitOfWork(
             self.write_sessions,
             after_commit=self.after_commit,
+            before_commit=self.before_commit,
             trace_context=current_trace_context,
             max_retries=self.max_retries,
         )

@@ -295,19 +295,34 @@ def test_a_miss_costs_a_fixed_number_of_round_trips_and_a_hit_one(
     pool.disconnect()
 
 
-def test_a_fresh_value_is_stored_with_a_keys_first_invalidation_only(client: redis.Redis) -> None:
-    """A new key's value rides on its first invalidation. If another write's
-    invalidation of that key got there first (a promotion that overtook the new
-    registration's after-commit hook), the older value stays out."""
+def test_a_writers_own_value_is_stored_only_right_after_the_generation_it_read(
+    client: redis.Redis,
+) -> None:
+    """A write stores what it knows to be current with its invalidation, given the
+    key's generation read before it committed. If another write's invalidation came in
+    between (newer state, or overtaken by this one), the value stays out."""
     layer = make_layer(client)
     new, overtaken = (Slot(USER_INFORMATION, f"registration:{uuid.uuid4()}") for _ in range(2))
 
-    assert layer.invalidate({new.key}, fresh={new: {"status": "Confirmed"}})
+    # a key that did not exist before the write: generation "0"
+    assert layer.invalidate_and_store({new.key}, {new: ({"status": "Confirmed"}, "0")}) == {new}
     assert layer.get(new, lambda: pytest.fail("stored with the commit")) == {"status": "Confirmed"}
     assert layer.invalidate({new.key})  # a later write drops it as usual
     assert layer.get(new, lambda: {"status": "Cancelled"}) == {"status": "Cancelled"}
 
     assert layer.invalidate({overtaken.key})  # the newer write's invalidation came first
-    assert layer.invalidate({overtaken.key}, fresh={overtaken: {"status": "Waitlisted"}})
+    stale = {overtaken: ({"status": "Waitlisted"}, "0")}
+    assert layer.invalidate_and_store({overtaken.key}, stale) == set()
     assert client.get(layer.prefix + overtaken.key) is None
     assert layer.get(overtaken, lambda: {"status": "Confirmed"}) == {"status": "Confirmed"}
+
+    # an existing key: the generation read before the write
+    counts = Slot(REGISTRATION_COUNTS, f"counts:{uuid.uuid4().hex[:6]}")
+    layer.get(counts, lambda: {"confirmed_count": 1})
+    [seen] = layer.generations([counts.key]).values()  # type: ignore[union-attr]
+    assert layer.invalidate_and_store({counts.key}, {counts: ({"confirmed_count": 2}, seen)})
+    assert layer.get(counts, lambda: pytest.fail("stored")) == {"confirmed_count": 2}
+    assert layer.invalidate({counts.key})  # another write in between ...
+    late = {counts: ({"confirmed_count": 3}, seen)}
+    assert layer.invalidate_and_store({counts.key}, late) == set()  # ... keeps it out
+    assert layer.get(counts, lambda: {"confirmed_count": 4}) == {"confirmed_count": 4}

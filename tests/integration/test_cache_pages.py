@@ -170,6 +170,32 @@ def test_a_new_registrations_record_is_cached_as_it_commits(
         assert cached == queries.registration_record(conn, again.registration_id)
 
 
+def test_a_registration_stores_the_events_new_counts_with_its_commit(
+    app: Flask,
+    client: FlaskClient,
+    create_event: Callable[..., int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The counts the commit wrote are stored with its invalidation: no query reloads
+    them afterwards, and the next visitor's event page and list need no SQL."""
+    from webapp.services import read_model
+
+    reloaded: list[set[int]] = []
+    monkeypatch.setattr(read_model, "refresh_counts", lambda _app, ids: reloaded.append(ids))
+    event_id = create_event(capacity=2)
+    client.get(f"/events/{event_id}")
+    client.get("/")
+    reloaded.clear()
+
+    registrations.register(get_db(app).unit_of_work, event_id, "Ann", "ann@example.com")
+
+    assert all(event_id not in ids for ids in reloaded), reloaded
+    assert statements_for(app, client, f"/events/{event_id}") == 0
+    assert "1 of 2" in text_of(client, f"/events/{event_id}")
+    assert statements_for(app, client, "/") == 0
+    assert "1 of 2" in text_of(client, "/")
+
+
 # -- one's own write is visible on the next page -------------------------------------------
 def test_attendee_sees_new_seat_count_right_after_registering(
     app: Flask, client: FlaskClient, create_event: Callable[..., int]

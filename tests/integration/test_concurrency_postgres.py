@@ -19,10 +19,12 @@ from flask import Flask
 from sqlalchemy import select
 
 from tests.conftest import make_app
+from webapp.adapters.cache import get_cache
 from webapp.adapters.tables import events, outbox_messages, registrations
 from webapp.domain import errors
 from webapp.extensions import get_db
 from webapp.services import events as event_service
+from webapp.services import read_model
 from webapp.services import registrations as registration_service
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -140,6 +142,16 @@ def test_concurrent_cancellations_and_registrations_on_a_full_event(pg_app: Flas
         ]
     assert len(promotions) == len(set(promotions)), "nobody promoted twice"
     assert set(promotions) == set(promoted)
+    # each commit stored its own counts with its invalidation: whatever order those
+    # after-commit hooks ran in, what the pages read is what was committed last
+    with pg_app.app_context():
+        assert get_cache().enabled
+        cached = read_model.event_counts([event_id])[event_id]
+    assert cached == {
+        "capacity": event.Capacity,
+        "confirmed_count": event.ConfirmedCount,
+        "waitlist_count": event.WaitlistCount,
+    }
 
 
 def test_same_email_registering_concurrently_gets_one_active_registration(

@@ -139,13 +139,14 @@ redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
 return 1
 """
-#: KEYS = gen, key; ARGV = gen ttl_ms, value ttl_ms, value. Bump the generation; store
-#: the value only if this was the key's first bump, else drop whatever is there.
-_BUMP_AND_STORE_IF_FIRST = """
+#: KEYS = gen, key; ARGV = gen ttl_ms, value ttl_ms, generation seen, value. Bump the
+#: generation; store the value only if this bump follows the generation seen directly,
+#: else drop whatever is there. Returns 1 when stored.
+_BUMP_AND_STORE_IF_NEXT = """
 local gen = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
-if gen == 1 then
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+if gen == tonumber(ARGV[3]) + 1 then
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[2])
   return 1
 end
 redis.call('DEL', KEYS[2])
@@ -658,48 +659,76 @@ class CacheLayer:
         self._store(loaded, gens)
         return loaded
 
-    def invalidate(self, keys: set[str] | list[str], fresh: dict[Slot, Any] | None = None) -> bool:
+    def invalidate(self, keys: set[str] | list[str]) -> bool:
         """Delete ``keys`` (plain or hash) and bump their generations, atomically.
-
-        ``fresh``: values of keys that came into being with this write (a new
-        registration's record), stored in the same transaction, but only where this is
-        the key's first invalidation ever (its generation becomes 1). Any earlier bump
-        (a later write to the same key whose invalidation overtook this one) keeps the
-        value out, so it can never overwrite newer state.
 
         Returns False when Redis could not be reached: the whole cache is then cleared
         as soon as Redis answers again, so no stale value survives the outage.
         """
+        return self.invalidate_and_store(keys) is not None
+
+    def generations(self, keys: list[str]) -> dict[str, str] | None:
+        """The current generation of each key ("0" if never invalidated), or None when
+        Redis cannot be reached: what a writer reads before its commit to store its own
+        result afterwards (:meth:`invalidate_and_store`)."""
         if not self.enabled or not keys:
-            return True
+            return {}
+        try:
+            self._check_available()
+            replies = self.client.mget([self._gen(k) for k in keys])
+            return {k: _gen_value(g) for k, g in zip(keys, replies, strict=True)}
+        except Exception as error:
+            self._failed([], error)
+            return None
+
+    def invalidate_and_store(
+        self, keys: set[str] | list[str], fresh: dict[Slot, tuple[Any, str]] | None = None
+    ) -> set[Slot] | None:
+        """:meth:`invalidate` ``keys``; in the same transaction, store the ``fresh``
+        values the write itself produced, each given as ``(value, generation)`` with
+        the key's generation read before the write committed ("0" for a key that did not
+        exist before it, such as a new registration's record).
+
+        A value is stored only if this invalidation is the next one after that
+        generation. Any other write's invalidation in between (which may carry newer
+        state, or may have been overtaken by this one) keeps it out, and the key stays
+        empty for the next reader to load. Returns the slots stored, or None when Redis
+        could not be reached (see :meth:`invalidate`).
+        """
+        if not self.enabled or not keys:
+            return set()
         if self.near is not None:
             self.near.drop(keys)  # this process reads its own writes at once
         try:
             self._check_available()
             pipe = self.client.pipeline(transaction=True)
             fresh = fresh or {}
-            firsts = {s.key: s for s in fresh if s.field is None and s.key in keys}
+            storing = {s.key: s for s in fresh if s.field is None and s.key in keys}
+            order: list[Slot | None] = []
             for key in sorted(keys):
-                slot = firsts.get(key)
+                slot = storing.get(key)
                 if slot is not None:
+                    value, generation = fresh[slot]
                     _queue_script(
                         pipe,
-                        _BUMP_AND_STORE_IF_FIRST,
+                        _BUMP_AND_STORE_IF_NEXT,
                         [self._gen(key), self._k(key)],
-                        [_GEN_TTL_MS, self.ttls[slot.region] * 1000, dumps(fresh[slot])],
+                        [_GEN_TTL_MS, self.ttls[slot.region] * 1000, generation, dumps(value)],
                     )
+                    order.append(slot)
                     continue
                 pipe.incr(self._gen(key))
                 pipe.pexpire(self._gen(key), _GEN_TTL_MS)
                 pipe.delete(self._k(key))
+                order += [None, None, None]
             if self.near is not None:  # the other processes drop their copies
                 pipe.publish(self.invalidation_channel, encode_keys(keys))
-            pipe.execute()
-            return True
+            replies = pipe.execute()
         except Exception as error:
             self._needs_clear = True
             self._failed([], error)
-            return False
+            return None
+        return {slot for slot, reply in zip(order, replies, strict=False) if slot and reply == 1}
 
     def clear(self) -> None:
         """Drop every cached value of this app (not the counters)."""
@@ -733,7 +762,7 @@ def _clean(values: dict[Slot, Any]) -> dict[Slot, Any]:
 
 
 # -- app wiring ----------------------------------------------------------------------------
-def _key_prefix(config: dict[str, Any]) -> str:
+def key_prefix(config: dict[str, Any]) -> str:
     """Per database: two apps on different databases never read each other's rows."""
     digest = hashlib.sha256(str(config["DATABASE_URL"]).encode()).hexdigest()[:8]
     return f"les:{digest}:"
@@ -746,7 +775,7 @@ def init_cache(app: Flask) -> CacheLayer:
     config = app.config
     enabled = bool(config.get("CACHE_ENABLED", True))
     timeout = float(config.get("CACHE_SOCKET_TIMEOUT", 0.25))
-    prefix = _key_prefix(config)
+    prefix = key_prefix(config)
     if enabled:
         cache.init_app(
             app,

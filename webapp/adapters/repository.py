@@ -24,6 +24,11 @@ class EventRepository:
         self.session.add(event)
         self.seen.add(event)
 
+    @property
+    def locked(self) -> list[Event]:
+        """The events whose row this unit of work holds locked (current until commit)."""
+        return list(self._locked.values())
+
     def get(self, event_id: int, *, for_update: bool = False) -> Event | None:
         """Load an event; ``for_update`` locks its row until commit (PostgreSQL).
 

@@ -18,9 +18,10 @@ event created or edited, capacity changed      ``event:<id>``, ``upcoming``, the
                                                counts are rendered live)
 =============================================  ==========================================
 
-A registration created by the commit has its record stored in the same Redis
-transaction (``fresh_records``; only if nothing invalidated that key before), so
-the status page after the redirect reads it from the cache.
+What the commit itself knows to be current is stored in the same Redis transaction
+(``fresh_values``): a new registration's record, and the committed counts of the
+events it held locked. Each is stored only if no other write's invalidation of that
+key came between the generation read before the commit and this one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from webapp.adapters.cache import USER_INFORMATION, CacheLayer, Slot
+from webapp.adapters.cache import REGISTRATION_COUNTS, USER_INFORMATION, CacheLayer, Slot
 from webapp.adapters.cache_pages import all_page_keys, event_page_keys
 from webapp.domain.messages import (
     Message,
@@ -46,7 +47,7 @@ from webapp.services.read_model import (
     registration_key,
     waitlist_key,
 )
-from webapp.services.unit_of_work import AfterCommitHook, CommitResult
+from webapp.services.unit_of_work import AfterCommitHook, BeforeCommitHook, CommitResult
 
 log = logging.getLogger(__name__)
 
@@ -91,43 +92,81 @@ def keys_to_invalidate(result: CommitResult) -> set[str]:
     return keys
 
 
-def fresh_records(result: CommitResult) -> dict[Slot, dict[str, Any]]:
-    """The records of the registrations this commit created, as the status page reads
-    them (``queries.registration_record``'s shape): stored as they are invalidated,
-    so the page after the registration's redirect needs no query."""
-    return {
-        Slot(USER_INFORMATION, registration_key(new.registration_id)): {
-            "registration_id": new.registration_id,
-            "event_id": new.event_id,
-            "status": new.status,
-            "queue_key": new.queue_key,
-            "created_at": new.created_at,
-            "cancelled_at": None,
-            "name": new.name,
-            "email": new.email,
-        }
+#: CommitResult.prepared: counts key -> its generation, read before the commit
+_COUNTS_GENERATIONS = "cache.counts_generations"
+
+
+def fresh_values(result: CommitResult) -> dict[Slot, tuple[Any, str]]:
+    """What this commit itself knows to be current, stored as its keys are invalidated
+    (``CacheLayer.invalidate_and_store``), each with the generation it was read under:
+
+    - the records of the registrations it created, as the status page reads them
+      (``queries.registration_record``'s shape; generation "0": the key is new), so
+      the page after the registration's redirect needs no query;
+    - the counts of the events it held locked, as committed, where their generation
+      was read before the commit (:func:`make_prepare_hook`), so the event's pages
+      need no query either.
+    """
+    fresh: dict[Slot, tuple[Any, str]] = {
+        Slot(USER_INFORMATION, registration_key(new.registration_id)): (
+            {
+                "registration_id": new.registration_id,
+                "event_id": new.event_id,
+                "status": new.status,
+                "queue_key": new.queue_key,
+                "created_at": new.created_at,
+                "cancelled_at": None,
+                "name": new.name,
+                "email": new.email,
+            },
+            "0",
+        )
         for new in result.new_registrations
     }
+    generations: dict[str, str] = result.prepared.get(_COUNTS_GENERATIONS) or {}
+    for event_id, counts in result.event_counts.items():
+        key = counts_key(event_id)
+        if key in generations:
+            fresh[Slot(REGISTRATION_COUNTS, key)] = (dict(counts), generations[key])
+    return fresh
 
 
-def to_refresh(result: CommitResult) -> tuple[set[int], set[str]]:
-    """Events whose counts, and registrations whose records, the writer reads next (a
-    new confirmed registration's record is stored fresh instead; a new waiting one is
-    still refreshed, for its waitlist position)."""
+def make_prepare_hook(layer: CacheLayer) -> BeforeCommitHook:
+    """The hook for ``Database.before_commit``: read the generations of the counts of
+    the events the unit of work holds locked, so that their committed counts can be
+    stored with the invalidation (one Redis round trip inside the transaction)."""
+
+    def read_counts_generations(result: CommitResult) -> None:
+        keys = [counts_key(event_id) for event_id in sorted(result.event_counts)]
+        generations = layer.generations(keys) if keys else None
+        if generations:
+            result.prepared[_COUNTS_GENERATIONS] = generations
+
+    return read_counts_generations
+
+
+def to_refresh(result: CommitResult, stored: set[Slot]) -> tuple[set[int], set[str]]:
+    """Events whose counts, and registrations whose records, the writer reads next and
+    that were not stored with the invalidation (a new waiting registration's record is
+    refreshed anyway, for its waitlist position)."""
+    stored_keys = {slot.key for slot in stored}
     event_ids = set(result.event_ids)
     registration_ids: set[str] = set()
-    stored = {
+    waiting = {
         str(new.registration_id)
         for new in result.new_registrations
-        if new.status != RegistrationStatus.WAITLISTED.value
+        if new.status == RegistrationStatus.WAITLISTED.value
     }
     for message in result.messages:
         if getattr(message, "event_id", None) is not None:
             event_ids.add(int(message.event_id))  # type: ignore[attr-defined]
         changed = RegistrationCreated | RegistrationPromoted | RegistrationCancelled
-        if isinstance(message, changed) and str(message.registration_id) not in stored:
+        if isinstance(message, changed) and (
+            registration_key(message.registration_id) not in stored_keys
+            or str(message.registration_id) in waiting
+        ):
             registration_ids.add(message.registration_id)
-    return event_ids, registration_ids
+    return {e for e in event_ids if counts_key(e) not in stored_keys}, registration_ids
 
 
 def make_hook(
@@ -142,11 +181,12 @@ def make_hook(
         keys = keys_to_invalidate(result)
         if not keys:
             return
-        if not layer.invalidate(keys, fresh=fresh_records(result)):
+        stored = layer.invalidate_and_store(keys, fresh_values(result))
+        if stored is None:
             return  # Redis unreachable: nothing to refresh into
         if refresh is not None:
             try:
-                refresh(*to_refresh(result))
+                refresh(*to_refresh(result, stored))
             except Exception:  # refreshing is an optimisation; the keys are gone anyway
                 log.warning("cache refresh after commit failed", exc_info=True)
         if on_invalidated is not None:

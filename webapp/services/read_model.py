@@ -405,13 +405,16 @@ def init_app(app: Flask) -> None:
     get_db(app).background.extend(h for h in (refresher, warmer) if h is not None)
 
     def refresh(event_ids: set[int], registration_ids: set[str]) -> None:
-        """The counts now, in the writing request: every page of the event (the form the
-        next attendee opens, the list) reads them, and a background refresh lost the
-        race against the browser's redirect, so the load ran twice. Records later."""
+        """Counts the commit could not store itself, now, in the writing request: every
+        page of the event (the form the next attendee opens, the list) reads them, and
+        a background refresh lost the race against the browser's redirect, so the load
+        ran twice. Records later, on the refresh-ahead thread."""
         refresh_counts(app, event_ids)
         if registration_ids:
             refresher.submit(set(), registration_ids)
 
+    if layer.enabled:
+        get_db(app).before_commit.append(cache_invalidation.make_prepare_hook(layer))
     get_db(app).after_commit.append(
         cache_invalidation.make_hook(
             layer, on_invalidated=warmer.request if warmer else None, refresh=refresh

@@ -59,9 +59,17 @@ class CommitResult:
     event_ids: set[int] = field(default_factory=set)
     outbox_rows: list[dict[str, Any]] = field(default_factory=list)
     new_registrations: list[NewRegistration] = field(default_factory=list)
+    #: capacity, confirmed_count and waitlist_count as committed, of the events this
+    #: unit of work held locked (nobody else could change them until the commit)
+    event_counts: dict[int, dict[str, int]] = field(default_factory=dict)
+    #: what before-commit hooks noted for their after-commit counterparts
+    prepared: dict[str, Any] = field(default_factory=dict)
 
 
 AfterCommitHook = Callable[[CommitResult], None]
+#: runs inside the transaction, right before COMMIT, with the result so far; it must be
+#: quick (the unit of work still holds its locks) and must not fail the commit
+BeforeCommitHook = Callable[[CommitResult], None]
 
 
 class UnitOfWork:
@@ -69,11 +77,13 @@ class UnitOfWork:
         self,
         session_factory: sessionmaker[Session],
         after_commit: list[AfterCommitHook] | None = None,
+        before_commit: list[BeforeCommitHook] | None = None,
         trace_context: Callable[[], str | None] | None = None,
         max_retries: int = 3,
     ) -> None:
         self.session_factory = session_factory
         self.after_commit_hooks = after_commit or []
+        self.before_commit_hooks = before_commit or []
         self.trace_context = trace_context or (lambda: None)
         self.max_retries = max_retries
         self.now = utcnow()
@@ -130,6 +140,20 @@ class UnitOfWork:
         self.publish()
         result = self._result
         result.event_ids = {e.id for e in self.events.seen if e.id is not None}
+        result.event_counts = {
+            e.id: {
+                "capacity": e.capacity,
+                "confirmed_count": e.confirmed_count,
+                "waitlist_count": e.waitlist_count,
+            }
+            for e in self.events.locked
+            if e.id is not None
+        }
+        for prepare in self.before_commit_hooks:
+            try:
+                prepare(result)
+            except Exception:  # an optimisation must never fail the use case
+                log.exception("before-commit hook %r failed", prepare)
         self.session.commit()
         self._committed = True
         for hook in self.after_commit_hooks:
