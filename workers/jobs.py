@@ -3,8 +3,12 @@ their own transactions through the process's app."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from rq import get_current_job
 
 from webapp.services.delivery import DEFAULT_LEASE_SECONDS
@@ -17,10 +21,8 @@ def handle_message(message_id: str, lease_seconds: float = DEFAULT_LEASE_SECONDS
     travels in ``job.meta["trace_context"]``."""
     job = get_current_job()
     trace_context = job.meta.get("trace_context") if job is not None else None
-    try:
+    with traced():
         outcome = runtime.get_deliverer().process(message_id, trace_context, lease_seconds)
-    finally:
-        _flush_spans()  # a work horse ends with os._exit: export its spans first
     return {"status": outcome.status, "type": outcome.message_type}
 
 
@@ -30,14 +32,18 @@ def cleanup_outbox() -> dict[str, Any]:
     from webapp.services.outbox_maintenance import cleanup_processed
 
     app = runtime.get_app()
-    deleted = cleanup_processed(get_db(app), days=int(app.config["OUTBOX_CLEANUP_DAYS"]))
+    with traced():
+        deleted = cleanup_processed(get_db(app), days=int(app.config["OUTBOX_CLEANUP_DAYS"]))
     return {"deleted": deleted}
 
 
-def _flush_spans() -> None:
-    from opentelemetry import trace
-
-    provider = trace.get_tracer_provider()
-    flush = getattr(provider, "force_flush", None)
-    if flush is not None:
-        flush(2000)
+@contextmanager
+def traced() -> Iterator[None]:
+    """Spans again inside a job: the worker runs RQ's own Redis traffic with
+    instrumentation suppressed (``workers.worker``). The key is the one
+    ``opentelemetry.instrumentation.utils.suppress_instrumentation`` sets."""
+    token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, False))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)

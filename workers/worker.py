@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import redis
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -17,6 +18,7 @@ from rq.worker_pool import WorkerPool
 
 from webapp.adapters import heartbeats
 from webapp.adapters.query_stats import flush_query_stats
+from webapp.observability.tracing import flush_spans
 from workers import CLEANUP_JOB, HANDLE_MESSAGE_JOB, MAINTENANCE_QUEUE, QUEUES, runtime
 
 log = logging.getLogger("workers")
@@ -29,7 +31,28 @@ class WorkHorseKilled(Exception):
     """The process running the handlers died (killed, out of memory, timeout)."""
 
 
-class OutboxWorker(SimpleWorker):
+class _RqTrafficUntraced:
+    """RQ's own Redis traffic (dequeue, job hashes, heartbeats, results) makes no spans:
+    with redis-py instrumented, each of those commands was a trace of its own, a few
+    per job and more while idle, and a quarter of the worker's CPU went to RQ with
+    its spans. The job functions trace as usual (``workers.jobs``).
+
+    Spans are exported in batches, not after each job; a pool's worker ends with
+    ``os._exit`` (multiprocessing), so what is still queued is exported when it stops."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with suppress_instrumentation():  # RQ names its connection (CLIENT SETNAME...)
+            super().__init__(*args, **kwargs)
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        try:
+            with suppress_instrumentation():
+                return bool(super().work(*args, **kwargs))  # type: ignore[misc]
+        finally:
+            flush_spans()
+
+
+class OutboxWorker(_RqTrafficUntraced, SimpleWorker):
     """One RQ worker process, running its jobs itself: the pooled database
     connections are reused from job to job (a fork per job costs more than the
     handlers). Isolation comes from the pool, which respawns a worker that died;
@@ -41,7 +64,7 @@ class OutboxWorker(SimpleWorker):
         runtime.after_fork()  # forked from the pool: open our own connections
 
 
-class ForkingOutboxWorker(Worker):
+class ForkingOutboxWorker(_RqTrafficUntraced, Worker):
     """``--fork-per-job``: a fresh work horse per job (memory leaks and crashes of a
     handler die with the horse), at the price of a fork and new connections."""
 
@@ -56,11 +79,12 @@ class ForkingOutboxWorker(Worker):
 
     def perform_job(self, job: Job, queue: Queue) -> bool:
         """In the horse, which ends with ``os._exit`` (no atexit): hand this job's SQL
-        timings to Redis before it goes."""
+        timings to Redis and its spans to the exporter before it goes."""
         try:
             return bool(super().perform_job(job, queue))
         finally:
             flush_query_stats()
+            flush_spans()
 
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         """A horse that died mid-job counts as a failed attempt of its message (it
@@ -136,7 +160,8 @@ def run_pool(
         cleanup_interval=CLEANUP_INTERVAL_SECONDS,
     )
     level = str(app.config.get("LOG_LEVEL", "INFO"))
-    pool.start(burst=burst, logging_level="INFO" if level == "DEBUG" else level)
+    with suppress_instrumentation():  # the pool's heartbeats; its workers inherit it
+        pool.start(burst=burst, logging_level="INFO" if level == "DEBUG" else level)
     return 0
 
 

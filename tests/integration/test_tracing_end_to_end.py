@@ -150,3 +150,42 @@ def test_one_trace_from_registration_to_mail(
     # no personal data in span attributes
     for span in in_trace:
         assert "tracy@example.com" not in str(dict(span.attributes or {}))
+
+
+def test_the_worker_traces_its_jobs_but_not_rqs_own_redis_traffic(
+    traced_app: Flask, recorder: Recorder, redis_url: str, postgres_url: str
+) -> None:
+    """RQ's dequeues, job hashes and heartbeats would each be a trace of their own;
+    the worker suppresses them, and every Redis span left belongs to a job's trace."""
+    from webapp.services import registrations
+    from webapp.services.events import EventDetails, create_event
+    from workers import OUTBOX_QUEUE, runtime
+    from workers.relay import Relay
+    from workers.worker import OutboxWorker
+
+    uow = get_db(traced_app).unit_of_work
+    event_id = create_event(
+        uow, EventDetails("Quiet queue", "d", "Room 2", datetime.now(UTC) + timedelta(days=3)), 5
+    )
+    registrations.register(uow, event_id, "Rae Queue", "rae@example.com")
+    connection = redis.Redis.from_url(redis_url)
+    assert Relay(get_db(traced_app), connection, postgres_url).dispatch_once() >= 1
+    recorder.exporter.clear()
+
+    queue = Queue(OUTBOX_QUEUE, connection=connection, serializer=JSONSerializer)
+    # built before the app is handed over: its after-fork hook would drop (not close)
+    # the app's pooled connections, as it must in a real forked worker
+    worker = OutboxWorker([queue], connection=connection)
+    previous: dict[str, Any] = {"app": runtime._app, "deliverer": runtime._deliverer}
+    runtime._app, runtime._deliverer = traced_app, None
+    try:
+        worker.work(burst=True)
+    finally:
+        runtime._app, runtime._deliverer = previous["app"], previous["deliverer"]
+
+    spans = recorder.exporter.get_finished_spans()
+    jobs = {s.context.trace_id for s in spans if s.name.startswith("outbox.handle")}
+    assert jobs, [s.name for s in spans]
+    redis_spans = [s for s in spans if (s.attributes or {}).get("db.system") == "redis"]
+    outside = sorted(s.name for s in redis_spans if s.context.trace_id not in jobs)
+    assert outside == [], outside

@@ -158,3 +158,11 @@ def instrument_flask(app: Any) -> None:
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
     FlaskInstrumentor().instrument_app(app, excluded_urls="healthz,readyz,metrics,static")
+
+
+def flush_spans(timeout_ms: int = 2000) -> None:
+    """Export the spans still queued in this process now (a process about to end with
+    ``os._exit``, such as an RQ work horse, runs no atexit handlers)."""
+    flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+    if flush is not None:
+        flush(timeout_ms)
