@@ -6,10 +6,10 @@
 \set event_id random(:min_event, :max_event)
 \set n random(1, 1000000000000)
 BEGIN;
+-- the attendee by email, inserted when new (one statement, before the event's lock)
+INSERT INTO "Users" ("Id", "Name", "Email", "CreatedAt") VALUES (gen_random_uuid(), 'Pgbench Person', 'pgb-' || :client_id::text || '-' || :n::text || '@bench.example.com', now()) ON CONFLICT ("Email") DO UPDATE SET "Email" = excluded."Email" RETURNING "Id", "Name" \gset user_
 -- lock the event row: registrations of one event are serialized here
 SELECT "Id", "Title", "Description", "Venue", "StartDate", "Capacity", "ConfirmedCount", "WaitlistCount", "LastQueueKey", "RegistrationOpen", "CreatedAt", "UpdatedAt" FROM "Events" WHERE "Id" = :event_id::int FOR UPDATE;
--- the attendee by email, inserted when new (one statement)
-INSERT INTO "Users" ("Id", "Name", "Email", "CreatedAt") VALUES (gen_random_uuid(), 'Pgbench Person', 'pgb-' || :client_id::text || '-' || :n::text || '@bench.example.com', now()) ON CONFLICT ("Email") DO UPDATE SET "Email" = excluded."Email" RETURNING "Id" \gset user_
 UPDATE "Events" SET "ConfirmedCount" = "ConfirmedCount" + 1, "UpdatedAt" = now() WHERE "Id" = :event_id::int;
 INSERT INTO "EventRegistrations" ("Id", "EventId", "UserId", "Status", "PositionInQueue", "IdempotencyKey", "CreatedAt", "UpdatedAt", "ConfirmedAt") VALUES (gen_random_uuid(), :event_id::int, :user_Id::uuid, 'Confirmed', NULL, md5(:client_id::text || '-' || :n::text), now(), now(), now());
 -- the outbox row joins the business transaction

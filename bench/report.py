@@ -461,7 +461,7 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
             "## Raw PostgreSQL: pgbench of the registration transaction",
             "",
             "`bench/pgbench_register.sql`: the statements the app sends for a confirmed "
-            "registration (event row `FOR UPDATE`, attendee upsert, counter update, "
+            "registration (attendee upsert, event row `FOR UPDATE`, counter update, "
             "registration insert, outbox insert whose trigger NOTIFYs the relay), "
             "`-M prepared`, one transaction per registration.",
             "",

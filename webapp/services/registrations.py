@@ -45,8 +45,12 @@ def register(
 
     The event row is locked for the decision, so concurrent registrations are
     serialized per event and never overbook. The happy path is five statements:
-    lock the event, upsert the attendee, update the event's counters, insert the
-    registration, insert the outbox rows. Duplicates are caught by the database's
+    upsert the attendee, lock the event, update the event's counters, insert the
+    registration, insert the outbox rows. The attendee comes first because it needs
+    no lock of the event: the lock, for which every registration of a busy event
+    queues, is held for four statements, not five. (Only registering touches the
+    attendee's row, always before the event's, so the order cannot deadlock.)
+    Duplicates are caught by the database's
     unique indexes, which decide them under concurrency too:
 
     - the same form submitted again (``idempotency_key``) returns the registration
@@ -57,11 +61,11 @@ def register(
 
     def attempt() -> RegistrationOutcome:
         with uow_factory() as uow:
+            attendee = Attendee(candidate.name, candidate.email, now=uow.now, id=candidate.id)
+            attendee.id, stored_name = uow.attendees.ensure(attendee)
             event = uow.events.get(event_id, for_update=True)
             if event is None:
                 raise errors.EventNotFound("This event does not exist.")
-            attendee = Attendee(candidate.name, candidate.email, now=uow.now, id=candidate.id)
-            attendee.id, stored_name = uow.attendees.ensure(attendee)
             registration = event.register(attendee, uow.now, idempotency_key)
             uow.registrations.add(registration)
             uow.created(
