@@ -149,7 +149,7 @@ def test_a_new_registrations_record_is_cached_as_it_commits(
     with the name the attendee is stored under."""
     from webapp.services import read_model
 
-    monkeypatch.setattr(read_model, "refresh_after_write", lambda *args: None)  # no help
+    monkeypatch.setattr(read_model, "refresh_registrations", lambda *args: None)  # no help
     event_id = create_event(capacity=5)
     client.get(f"/events/{event_id}")  # the event's details are cached
     first = registrations.register(get_db(app).unit_of_work, event_id, "Ann", "ann@example.com")

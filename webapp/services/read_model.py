@@ -80,10 +80,12 @@ def _counts(row: dict[str, Any]) -> dict[str, Any]:
     return {name: row[name] for name in _COUNT_FIELDS}
 
 
+def _with_seats_left(counts: dict[str, Any]) -> dict[str, Any]:
+    return {**counts, "seats_left": max(counts["capacity"] - counts["confirmed_count"], 0)}
+
+
 def _compose(details: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
-    event = {**details, **counts}
-    event["seats_left"] = max(counts["capacity"] - counts["confirmed_count"], 0)
-    return event
+    return {**details, **_with_seats_left(counts)}
 
 
 def _connect() -> Any:
@@ -133,9 +135,7 @@ def event_seats(event_id: int) -> dict[str, Any] | None:
     """An event's capacity, confirmed count, waitlist length and seats left (the live
     parts of its page), or None."""
     counts = event_counts([event_id]).get(event_id)
-    if counts is None:
-        return None
-    return {**counts, "seats_left": max(counts["capacity"] - counts["confirmed_count"], 0)}
+    return _with_seats_left(counts) if counts is not None else None
 
 
 def event_detail(event_id: int) -> dict[str, Any] | None:
@@ -259,16 +259,14 @@ def refresh_counts(app: Flask, event_ids: set[int]) -> None:
     layer.refresh(list(by_slot), load_counts)
 
 
-def refresh_after_write(app: Flask, event_ids: set[int], registration_ids: set[str]) -> None:
-    """Refresh-ahead, right after a commit's invalidation: reload the counts of the
-    events it touched and the registrations it changed, with the position of a new
-    waiting one, because the writer's next page reads exactly these. Guarded like
-    every store: a newer write's invalidation wins."""
+def refresh_registrations(app: Flask, registration_ids: set[str]) -> None:
+    """Refresh-ahead, right after a commit's invalidation: reload the registrations it
+    changed, with the position of a waiting one, because the writer's next page reads
+    exactly these. Guarded like every store: a newer write's invalidation wins."""
     layer = get_cache(app)
     engine = get_db(app).engine
     if not layer.enabled:
         return
-    refresh_counts(app, event_ids)
     for registration_id in sorted(registration_ids):
         with engine.connect() as conn:
             _refresh_registration(layer, conn, registration_id)
@@ -336,14 +334,13 @@ class Warmer:
 
 
 class Refresher:
-    """Runs refresh-ahead (``refresh_after_write``) on a background thread, so the
+    """Runs refresh-ahead (``refresh_registrations``) on a background thread, so the
     writing request only pays for the invalidation. Writes that arrive while a
     refresh runs are merged into the next one. Errors are logged and swallowed: the
     stale keys are gone already, a failed refresh only costs a later miss."""
 
     def __init__(self, app: Flask) -> None:
         self.app = app
-        self._pending_events: set[int] = set()
         self._pending_registrations: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -352,9 +349,8 @@ class Refresher:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
 
-    def submit(self, event_ids: set[int], registration_ids: set[str]) -> None:
+    def submit(self, registration_ids: set[str]) -> None:
         with self._lock:
-            self._pending_events |= event_ids
             self._pending_registrations |= registration_ids
             self._idle.clear()
             self._wake.set()
@@ -374,10 +370,9 @@ class Refresher:
             self._wake.wait()
             with self._lock:
                 self._wake.clear()
-                event_ids, self._pending_events = self._pending_events, set()
                 registration_ids, self._pending_registrations = self._pending_registrations, set()
             try:
-                refresh_after_write(self.app, event_ids, registration_ids)
+                refresh_registrations(self.app, registration_ids)
             except Exception:
                 log.warning("cache refresh after commit failed", exc_info=True)
             with self._lock:
@@ -411,7 +406,7 @@ def init_app(app: Flask) -> None:
         ran twice. Records later, on the refresh-ahead thread."""
         refresh_counts(app, event_ids)
         if registration_ids:
-            refresher.submit(set(), registration_ids)
+            refresher.submit(registration_ids)
 
     if layer.enabled:
         get_db(app).before_commit.append(cache_invalidation.make_prepare_hook(layer))
@@ -433,8 +428,8 @@ __all__ = [
     "event_details",
     "event_seats",
     "init_app",
-    "refresh_after_write",
     "refresh_counts",
+    "refresh_registrations",
     "registration_status",
     "upcoming_events",
     "warm",
