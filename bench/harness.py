@@ -812,8 +812,55 @@ def statements_probe(env: dict[str, str], seeded: Seeded) -> dict[str, Any]:
     measure("cancel_post_with_promotion", "POST", f"/registrations/{token}/cancel", fields)
     event.remove(engine, "before_cursor_execute", count)
     out["cpu_ms_per_request"] = cpu_per_request(client, base, headers, seeded)
+    out["worker_per_message"] = worker_per_message(app)
     engine.dispose()
     return out
+
+
+def worker_per_message(app: Any) -> dict[str, Any]:
+    """CPU time and SQL statements of the worker's job code per outbox message
+    (in-process, no RQ in between): the RegistrationCreated messages of the CPU
+    probe's registrations, handled the way one worker job handles them. The stack
+    is not running yet, so nothing else claims them."""
+    from sqlalchemy import event, select
+
+    from webapp.adapters.mail import make_mailer
+    from webapp.adapters.tables import outbox_messages
+    from webapp.extensions import get_db
+    from webapp.services.delivery import Deliverer
+
+    o = outbox_messages.c
+    db = get_db(app)
+    with db.engine.connect() as conn:
+        ids = [
+            row[0]
+            for row in conn.execute(
+                select(o.Id)
+                .where(o.ProcessedAt.is_(None), o.Type == "RegistrationCreated")
+                .order_by(o.CreatedAt)
+            )
+        ]
+    if not ids:
+        return {"messages": 0}
+    deliverer = Deliverer(db, make_mailer(app.config), app.config, "bench-probe")
+    statements = {"n": 0}
+
+    def count(*_args: Any) -> None:
+        statements["n"] += 1
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    started = time.process_time()
+    try:
+        outcomes = deliverer.process_many(ids)
+    finally:
+        cpu = time.process_time() - started
+        event.remove(db.engine, "before_cursor_execute", count)
+    return {
+        "messages": len(ids),
+        "processed": sum(1 for outcome in outcomes if outcome.status == "processed"),
+        "cpu_ms_per_message": round(cpu / len(ids) * 1000, 3),
+        "statements_per_message": round(statements["n"] / len(ids), 2),
+    }
 
 
 def cpu_per_request(client: Any, base: str, headers: dict[str, str], seeded: Seeded) -> dict:

@@ -418,6 +418,18 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
             ],
             "",
         ]
+    worker = probe.get("worker_per_message") or {}
+    if worker.get("messages"):
+        out += [
+            "### The worker's job code per outbox message (in-process, no RQ)",
+            "",
+            f"{worker['messages']} RegistrationCreated messages of the CPU probe's "
+            f"registrations, handled as one worker job handles them: "
+            f"{worker['cpu_ms_per_message']} ms CPU and "
+            f"{worker['statements_per_message']} SQL statements per message "
+            f"({worker['processed']} processed).",
+            "",
+        ]
     bg = results.get("background") or {}
     if bg:
         out += ["## Background processing (commit -> handler done)", ""]

@@ -15,10 +15,22 @@ from webapp.services.delivery import DEFAULT_LEASE_SECONDS
 from workers import runtime
 
 
+def handle_messages(
+    message_ids: list[str], lease_seconds: float = DEFAULT_LEASE_SECONDS
+) -> dict[str, Any]:
+    """Run every async handler of these outbox messages, in order (see
+    :meth:`webapp.services.delivery.Deliverer.process_many`). The relay's trace
+    context of each message travels in ``job.meta["trace_contexts"]``."""
+    job = get_current_job()
+    contexts = job.meta.get("trace_contexts") if job is not None else None
+    with traced():
+        outcomes = runtime.get_deliverer().process_many(message_ids, contexts, lease_seconds)
+    return {"statuses": [outcome.status for outcome in outcomes]}
+
+
 def handle_message(message_id: str, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> dict[str, Any]:
-    """Run every async handler of outbox message ``message_id`` (see
-    :meth:`webapp.services.delivery.Deliverer.process`). The relay's trace context
-    travels in ``job.meta["trace_context"]``."""
+    """The one-message job of earlier releases: such jobs may still be queued when
+    a new release starts."""
     job = get_current_job()
     trace_context = job.meta.get("trace_context") if job is not None else None
     with traced():

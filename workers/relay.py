@@ -1,8 +1,12 @@
 """The outbox relay: ``python -m workers.relay``.
 
-Claims due outbox messages in batches under a lease, enqueues one RQ job per
-message (JSON serializer, job id = message id, trace context in ``job.meta``) and
-marks them dispatched. Wakes on PostgreSQL ``LISTEN outbox_messages`` (or the Redis
+Claims due outbox messages in batches under a lease, enqueues them as RQ jobs
+(JSON serializer, job id = the job's first message id, each message's trace
+context in ``job.meta``) and marks them dispatched. Several fresh messages share
+a job (at most ``messages_per_job``; spread over the worker processes while the
+queue is empty, full jobs while jobs wait), which saves RQ's per-job work and lets
+the worker mark them processed in one transaction; a redelivery or a retry always
+gets a job of its own. Wakes on PostgreSQL ``LISTEN outbox_messages`` (or the Redis
 wake-up channel / in-process event on SQLite) and polls at least every second.
 Several relays may run at once: claims use ``FOR UPDATE SKIP LOCKED`` and a lease,
 so one message is never dispatched by two relays at the same time, and the
@@ -15,6 +19,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -43,7 +48,7 @@ from webapp.observability.metrics import (
 from webapp.observability.tracing import continue_trace
 from webapp.services.delivery import DEFAULT_LEASE_SECONDS, RELAY_WAKEUP, WAKEUP_CHANNEL
 from webapp.services.unit_of_work import utcnow
-from workers import HANDLE_MESSAGE_JOB, OUTBOX_QUEUE
+from workers import HANDLE_MESSAGE_JOB, HANDLE_MESSAGES_JOB, OUTBOX_QUEUE
 
 log = logging.getLogger("workers.relay")
 
@@ -67,6 +72,8 @@ class Relay:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         poll_interval: float = 1.0,
         queue_name: str = OUTBOX_QUEUE,
+        messages_per_job: int = 10,
+        worker_processes: int = 4,
     ) -> None:
         self.db = db
         self.redis = redis_client
@@ -75,6 +82,8 @@ class Relay:
         self.batch_size = batch_size
         self.lease_seconds = lease_seconds
         self.poll_interval = min(poll_interval, 1.0)
+        self.messages_per_job = max(1, messages_per_job)
+        self.worker_processes = max(1, worker_processes)
         self.queue = Queue(queue_name, connection=redis_client, serializer=JSONSerializer)
         self.postgres = db.engine.dialect.name == "postgresql"
         self.stop_event = threading.Event()
@@ -123,23 +132,47 @@ class Relay:
 
     def _still_waiting(self, redeliveries: Sequence[outbox_relay.Claimed]) -> set[uuid.UUID]:
         """Messages whose lease ran out while their job still waits in the queue
-        (a backlog, not a failure): they are not enqueued a second time."""
+        (a backlog, not a failure): they are not enqueued a second time. A job is
+        found by its first message's id; the other messages of a waiting job come
+        back with it, since they were dispatched, and leased, together."""
         if not redeliveries:
             return set()
         jobs = Job.fetch_many(
             [str(c.id) for c in redeliveries], connection=self.redis, serializer=JSONSerializer
         )
-        waiting = set()
-        for claimed, job in zip(redeliveries, jobs, strict=True):
+        waiting: set[uuid.UUID] = set()
+        for job in jobs:
             if job is not None and job.get_status(refresh=False) in _WAITING:
-                waiting.add(claimed.id)
-        return waiting
+                waiting.update(uuid.UUID(m) for m in job_message_ids(job))
+        return waiting & {c.id for c in redeliveries}
+
+    def jobs_for(
+        self, messages: Sequence[outbox_relay.Claimed], queued: int = 0
+    ) -> list[list[outbox_relay.Claimed]]:
+        """The messages of each job. First dispatches share jobs of at most
+        ``messages_per_job``. While no job waits in the queue (``queued``), some
+        worker may be idle: the messages are spread over as many jobs as there are
+        worker processes, so each gets some. Once jobs wait, every worker is busy and
+        the jobs are full. A redelivery or a retry is a job of its own: a message
+        that took its worker down cannot take others down with it a second time."""
+        fresh = [c for c in messages if c.dispatched_at is None]
+        spread = 1 if queued > 0 else self.worker_processes
+        size = max(1, min(self.messages_per_job, math.ceil(len(fresh) / spread)))
+        jobs = [fresh[i : i + size] for i in range(0, len(fresh), size)]
+        return jobs + [[c] for c in messages if c.dispatched_at is not None]
 
     def _enqueue(self, messages: Sequence[outbox_relay.Claimed]) -> None:
         if not messages:
             return
-        datas = []
-        for c in messages:
+        queued = self.queue.count
+        datas = [self._job_data(members) for members in self.jobs_for(messages, queued)]
+        with self.redis.pipeline() as pipe:
+            self.queue.enqueue_many(datas, pipeline=pipe)
+            pipe.execute()
+
+    def _job_data(self, members: Sequence[outbox_relay.Claimed]) -> Any:
+        contexts: dict[str, str | None] = {}
+        for c in members:
             with continue_trace(
                 "outbox.dispatch",
                 c.trace_context,
@@ -148,27 +181,24 @@ class Relay:
                     "messaging.message.id": str(c.id),
                     "les.message_type": c.type,
                     "les.redelivery": c.dispatched_at is not None,
+                    "les.job_messages": len(members),
                 },
             ):
                 carrier: dict[str, str] = {}
                 propagate.inject(carrier)
-            meta = {"trace_context": json.dumps(carrier) if carrier else c.trace_context}
-            meta["message_type"] = c.type
-            datas.append(
-                Queue.prepare_data(
-                    HANDLE_MESSAGE_JOB,
-                    args=(str(c.id),),
-                    kwargs={"lease_seconds": self.lease_seconds},
-                    job_id=str(c.id),
-                    meta=meta,
-                    timeout=JOB_TIMEOUT,
-                    result_ttl=RESULT_TTL,
-                    description=f"{c.type} {c.id}",
-                )
-            )
-        with self.redis.pipeline() as pipe:
-            self.queue.enqueue_many(datas, pipeline=pipe)
-            pipe.execute()
+            contexts[str(c.id)] = json.dumps(carrier) if carrier else c.trace_context
+        ids = [str(c.id) for c in members]
+        types = sorted({c.type for c in members})
+        return Queue.prepare_data(
+            HANDLE_MESSAGES_JOB,
+            args=(ids,),
+            kwargs={"lease_seconds": self.lease_seconds},
+            job_id=ids[0],
+            meta={"trace_contexts": contexts, "message_types": types},
+            timeout=JOB_TIMEOUT * len(members),
+            result_ttl=RESULT_TTL,
+            description=f"{', '.join(types)} x{len(ids)} {ids[0]}",
+        )
 
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> None:
@@ -281,6 +311,15 @@ class Relay:
             heartbeats.forget(self.redis, "relay", self.name)
 
 
+def job_message_ids(job: Job) -> list[str]:
+    """The outbox message ids an RQ job handles (none for other jobs)."""
+    if job.func_name == HANDLE_MESSAGES_JOB and job.args:
+        return [str(m) for m in job.args[0]]
+    if job.func_name == HANDLE_MESSAGE_JOB and job.args:
+        return [str(job.args[0])]
+    return []
+
+
 def _ignore_pubsub_error(error: BaseException, pubsub: Any, thread: Any) -> None:
     log.debug("relay wake-up subscription error: %r", error)
     time.sleep(1.0)
@@ -294,7 +333,7 @@ def start_in_thread(app: Any, **options: Any) -> Relay:
         get_db(app),
         redis.Redis.from_url(app.config["REDIS_URL"], socket_timeout=5),
         app.config["DATABASE_URL"],
-        **options,
+        **({"worker_processes": int(app.config["BACKGROUND_MAX_CONCURRENCY"])} | options),
     )
     threading.Thread(target=relay.run, name="outbox-relay", daemon=True).start()
     return relay
@@ -306,6 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lease-seconds", type=float, default=DEFAULT_LEASE_SECONDS)
     parser.add_argument("--poll-interval", type=float, default=1.0, help="at most 1 s")
+    parser.add_argument(
+        "--messages-per-job", type=int, default=10, help="most fresh messages in one RQ job"
+    )
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1")
     args = parser.parse_args(argv)
 
@@ -326,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         lease_seconds=args.lease_seconds,
         poll_interval=args.poll_interval,
+        messages_per_job=args.messages_per_job,
+        worker_processes=int(app.config["BACKGROUND_MAX_CONCURRENCY"]),
     )
     signal.signal(signal.SIGTERM, relay.stop)
     signal.signal(signal.SIGINT, relay.stop)

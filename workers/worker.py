@@ -19,7 +19,7 @@ from rq.worker_pool import WorkerPool
 from webapp.adapters import heartbeats
 from webapp.adapters.query_stats import flush_query_stats
 from webapp.observability.tracing import flush_spans
-from workers import CLEANUP_JOB, HANDLE_MESSAGE_JOB, MAINTENANCE_QUEUE, QUEUES, runtime
+from workers import CLEANUP_JOB, MAINTENANCE_QUEUE, QUEUES, runtime
 
 log = logging.getLogger("workers")
 
@@ -87,18 +87,20 @@ class ForkingOutboxWorker(_RqTrafficUntraced, Worker):
             flush_spans()
 
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
-        """A horse that died mid-job counts as a failed attempt of its message (it
-        is retried with backoff); if this worker dies too, the relay's lease on
-        the message runs out and it is dispatched again."""
+        """A horse that died mid-job counts as a failed attempt of each message of
+        the job not yet processed (each is retried with backoff, in a job of its
+        own, so the message that kills its horse is found and dead-lettered alone);
+        if this worker dies too, the relay's lease on the messages runs out and they
+        are dispatched again."""
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
-        if job.func_name != HANDLE_MESSAGE_JOB or not job.args:
-            return
-        try:
-            runtime.get_deliverer().record_crash(
-                str(job.args[0]), WorkHorseKilled(f"work horse {retpid} ended with {ret_val}")
-            )
-        except Exception:
-            log.exception("could not record the crash of job %s", job.id)
+        from workers.relay import job_message_ids
+
+        crash = WorkHorseKilled(f"work horse {retpid} ended with {ret_val}")
+        for message_id in job_message_ids(job):
+            try:
+                runtime.get_deliverer().record_crash(message_id, crash)
+            except Exception:
+                log.exception("could not record the crash of job %s", job.id)
 
 
 class OutboxWorkerPool(WorkerPool):

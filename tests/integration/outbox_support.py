@@ -45,7 +45,7 @@ class _SinkHandler:
         self.sink = sink
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.sink.reject:
+        if self.sink.reject or self.sink.reject_to.intersection(envelope.rcpt_tos):
             return "550 mailbox unavailable (test sink is rejecting)"
         mail = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self.sink.lock:
@@ -64,6 +64,8 @@ class SmtpSink:
         self.received: dict[str, int] = {}
         self.lock = threading.Lock()
         self.reject = False
+        #: refuse only mails to these recipients
+        self.reject_to: set[str] = set()
         self.port = free_port()
         self.controller = Controller(_SinkHandler(self), hostname="127.0.0.1", port=self.port)
 
@@ -168,6 +170,24 @@ def process_env(database_url: str, redis_url: str, **extra: Any) -> dict[str, st
     }
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def gated_handler_env(
+    database_url: str, redis_url: str, smtp: SmtpSink, block: Path, **extra: Any
+) -> dict[str, str]:
+    """Relay/worker environment whose test handler (``fault_handlers``) waits while
+    ``block/gate`` exists (created here): a handler stuck mid-flight."""
+    block.mkdir()
+    (block / "gate").touch()
+    return process_env(
+        database_url,
+        redis_url,
+        **smtp.config(),
+        OUTBOX_RETRY_DELAY_SECONDS=0.2,
+        LES_EXTRA_HANDLER_MODULES="tests.integration.fault_handlers",
+        LES_TEST_BLOCK_DIR=block,
+        **extra,
+    )
 
 
 def start_relay(

@@ -23,6 +23,7 @@ from tests.integration.outbox_support import (
     SmtpSink,
     ThrowawayPostgres,
     ThrowawayRedis,
+    gated_handler_env,
     process_env,
     start_relay,
     start_worker,
@@ -87,16 +88,7 @@ def test_worker_killed_mid_handler_message_processed_later_mail_sent_once(
 ) -> None:
     app = make_app(postgres_url, redis_url, **smtp.config())
     block = tmp_path / "block"
-    block.mkdir()
-    (block / "gate").touch()
-    env = process_env(
-        postgres_url,
-        redis_url,
-        **smtp.config(),
-        OUTBOX_RETRY_DELAY_SECONDS=0.2,
-        LES_EXTRA_HANDLER_MODULES="tests.integration.fault_handlers",
-        LES_TEST_BLOCK_DIR=block,
-    )
+    env = gated_handler_env(postgres_url, redis_url, smtp, block)
     relay = start_relay(tmp_path, env, "relay-a", "--lease-seconds", LEASE)
     worker = start_worker(tmp_path, env, "worker-1")
     second = None

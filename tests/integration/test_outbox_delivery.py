@@ -133,6 +133,84 @@ def test_a_redelivered_message_sends_nothing_twice(mail_app: Flask, smtp: SmtpSi
     assert counters is not None and counters["Registrations"] == 1
 
 
+def test_one_job_of_several_messages_records_each_on_its_own(
+    mail_app: Flask, smtp: SmtpSink
+) -> None:
+    """The relay puts several fresh messages in one job under load: each is taken
+    over, handled and recorded as if alone. A failing one is retried by itself; the
+    others are processed, in one closing transaction; a handled one is skipped."""
+    event_id = new_event(mail_app, capacity=10)
+    for who in ("eve", "finn", "gus", "hal"):
+        register(mail_app, event_id, who)
+    rows = outbox(mail_app)
+    work = deliverer(mail_app)
+    assert work.process(rows[3]["Id"]).status == "processed"  # hal: handled already
+    smtp.reject_to = {"finn@example.test"}
+    gone = uuid.uuid4()
+
+    outcomes = work.process_many([r["Id"] for r in rows] + [gone])
+
+    assert [(x.status, x.message_type) for x in outcomes] == [
+        ("processed", "RegistrationCreated"),
+        ("retry", "RegistrationCreated"),
+        ("processed", "RegistrationCreated"),
+        ("skipped", "RegistrationCreated"),
+        ("missing", None),
+    ]
+    assert "SMTPDataError" in (outcomes[1].error or "")
+    after = {r["Id"]: r for r in outbox(mail_app)}
+    for row in (rows[0], rows[2]):
+        assert after[row["Id"]]["ProcessedAt"] is not None
+        assert after[row["Id"]]["LockedBy"] is None
+        assert [a["Succeeded"] for a in attempts(mail_app, row["Id"])] == [True]
+    failed = after[rows[1]["Id"]]
+    assert failed["ProcessedAt"] is None and failed["RetryCount"] == 1
+    assert failed["NextRetryAt"] is not None and failed["LockedBy"] is None
+    assert [a["ErrorType"] for a in attempts(mail_app, rows[1]["Id"])] == ["SMTPDataError"]
+    assert [a["Succeeded"] for a in attempts(mail_app, rows[3]["Id"])] == [True]  # not rerun
+    for who in ("eve", "gus", "hal"):
+        assert len(smtp.to(f"{who}@example.test")) == 1
+    assert smtp.to("finn@example.test") == []
+    counters = stats(mail_app, event_id)
+    # finn's popularity count ran (its own handler, its own transaction): on the
+    # retry only the mail is sent again
+    assert counters is not None and counters["Registrations"] == 4
+
+    smtp.reject_to = set()
+    assert work.process(rows[1]["Id"]).status == "processed"
+    assert len(smtp.to("finn@example.test")) == 1
+    counters = stats(mail_app, event_id)
+    assert counters is not None and counters["Registrations"] == 4
+
+
+def test_a_message_takes_six_statements_in_a_job_of_twenty(mail_app: Flask) -> None:
+    """Bookkeeping per message: the handlers' own SQL, one statement per handler to
+    lock the row and check the inbox, one inbox row per handler; taking the job's
+    messages over and marking them processed are one statement each per job."""
+    from sqlalchemy import event as sa_event
+
+    event_id = new_event(mail_app, capacity=50)
+    for i in range(20):
+        register(mail_app, event_id, f"guest{i}")
+    ids = [r["Id"] for r in outbox(mail_app)]
+    engine = get_db(mail_app).engine
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not statement.startswith(("BEGIN", "PRAGMA")):  # SQLite's transaction control
+            seen.append(statement)
+
+    sa_event.listen(engine, "before_cursor_execute", count)
+    try:
+        outcomes = deliverer(mail_app).process_many(ids)
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count)
+    assert {x.status for x in outcomes} == {"processed"}
+    # per message: 2 handlers x (lock + inbox check, handler SQL, inbox row) = 6;
+    # per job: take over, attempt rows, mark processed
+    assert len(seen) == 6 * 20 + 3, seen[:12]
+
+
 def test_failing_mail_is_retried_with_backoff_then_dead_lettered(
     mail_app: Flask, smtp: SmtpSink
 ) -> None:

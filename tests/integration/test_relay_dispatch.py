@@ -23,7 +23,7 @@ from webapp.adapters.tables import outbox_messages
 from webapp.extensions import get_db
 from webapp.services import events as event_service
 from webapp.services import registrations as registration_service
-from workers import HANDLE_MESSAGE_JOB, OUTBOX_QUEUE
+from workers import HANDLE_MESSAGES_JOB, OUTBOX_QUEUE
 from workers.relay import Relay, start_in_thread
 
 pytestmark = pytest.mark.redis
@@ -68,21 +68,64 @@ def relay_app(db_url: str, redis_url: str) -> Iterator[Flask]:
     get_db(app).dispose()
 
 
-def test_dispatch_enqueues_one_json_job_per_message(relay_app: Flask, redis_url: str) -> None:
+def _jobs(relay: Relay) -> list[Job]:
+    queue = Queue(OUTBOX_QUEUE, connection=relay.redis, serializer=JSONSerializer)
+    return [j for j in Job.fetch_many(queue.job_ids, relay.redis, JSONSerializer) if j]
+
+
+def test_a_few_messages_get_one_json_job_each(relay_app: Flask, redis_url: str) -> None:
     event_id = _event(relay_app)
     _register(relay_app, event_id, 3)
-    relay = _relay(relay_app, "relay-t", redis_url)
+    relay = _relay(relay_app, "relay-t", redis_url, worker_processes=4)
     assert relay.dispatch_once() == 3
-    queue = Queue(OUTBOX_QUEUE, connection=relay.redis, serializer=JSONSerializer)
     rows = _rows(relay_app)
-    assert sorted(queue.job_ids) == sorted(str(r["Id"]) for r in rows)
+    jobs = _jobs(relay)
+    assert sorted(j.id for j in jobs) == sorted(str(r["Id"]) for r in rows)
     job = Job.fetch(str(rows[0]["Id"]), connection=relay.redis, serializer=JSONSerializer)
-    assert job.func_name == HANDLE_MESSAGE_JOB and job.args == [str(rows[0]["Id"])]
-    assert job.meta["message_type"] == "RegistrationCreated"
+    assert job.func_name == HANDLE_MESSAGES_JOB and job.args == [[str(rows[0]["Id"])]]
+    assert job.meta["message_types"] == ["RegistrationCreated"]
+    assert list(job.meta["trace_contexts"]) == [str(rows[0]["Id"])]
     for row in rows:
         assert row["DispatchedAt"] is not None and row["LockedBy"] == "relay-t"
         assert row["LockedUntil"] > row["DispatchedAt"]
     assert relay.dispatch_once() == 0  # leased: nobody claims them again
+
+
+def test_a_burst_is_shared_out_in_jobs_of_several_messages(
+    relay_app: Flask, redis_url: str
+) -> None:
+    """45 fresh messages, 4 worker processes, at most 10 per job: 5 jobs, each
+    message in exactly one job, its job id its first message."""
+    event_id = _event(relay_app)
+    _register(relay_app, event_id, 45)
+    relay = _relay(relay_app, "relay-t", redis_url, worker_processes=4, messages_per_job=10)
+    assert relay.dispatch_once() == 45
+    jobs = _jobs(relay)
+    assert sorted(len(j.args[0]) for j in jobs) == [5, 10, 10, 10, 10]
+    members = [m for j in jobs for m in j.args[0]]
+    assert sorted(members) == sorted(str(r["Id"]) for r in _rows(relay_app))
+    for job in jobs:
+        assert job.id == job.args[0][0]
+        assert job.func_name == HANDLE_MESSAGES_JOB
+        assert set(job.meta["trace_contexts"]) == set(job.args[0])
+        assert job.timeout == 60 * len(job.args[0])  # each message keeps its own minute
+    # jobs are waiting, so every worker is busy: twelve more go out in full jobs
+    _register(relay_app, event_id, 12, prefix="s")
+    before = {j.id for j in jobs}
+    assert relay.dispatch_once() == 12
+    assert sorted(len(j.args[0]) for j in _jobs(relay) if j.id not in before) == [2, 10]
+
+
+def test_with_an_empty_queue_a_few_messages_go_to_every_worker(
+    relay_app: Flask, redis_url: str
+) -> None:
+    """Twelve messages and an empty queue (some worker may be idle): four jobs of
+    three, rather than one of ten and one of two."""
+    event_id = _event(relay_app)
+    _register(relay_app, event_id, 12)
+    relay = _relay(relay_app, "relay-t", redis_url, worker_processes=4, messages_per_job=10)
+    assert relay.dispatch_once() == 12
+    assert sorted(len(j.args[0]) for j in _jobs(relay)) == [3, 3, 3, 3]
 
 
 def test_expired_lease_of_a_still_queued_job_is_not_enqueued_twice(
@@ -98,6 +141,38 @@ def test_expired_lease_of_a_still_queued_job_is_not_enqueued_twice(
     assert queue.count == 1  # ... but its job still waits for a worker: not sent twice
     [row] = _rows(relay_app)
     assert row["LockedUntil"] > datetime.now(UTC)
+
+
+def test_a_queued_job_of_several_messages_is_not_enqueued_again(
+    relay_app: Flask, redis_url: str
+) -> None:
+    event_id = _event(relay_app)
+    _register(relay_app, event_id, 8)
+    relay = _relay(relay_app, "relay-t", redis_url, lease_seconds=0.2, worker_processes=2)
+    assert relay.dispatch_once() == 8
+    assert [len(j.args[0]) for j in _jobs(relay)] == [4, 4]
+    time.sleep(0.3)
+    assert relay.dispatch_once() == 8  # every lease ran out; both jobs still wait
+    assert [len(j.args[0]) for j in _jobs(relay)] == [4, 4]
+    assert all(r["LockedUntil"] > datetime.now(UTC) for r in _rows(relay_app))
+
+
+def test_redeliveries_get_a_job_each(relay_app: Flask, redis_url: str) -> None:
+    """A job that is gone (its worker died with it) leaves messages that come back
+    when their lease runs out: each in a job of its own, so one that kills its
+    worker does not take the others down with it again."""
+    event_id = _event(relay_app)
+    _register(relay_app, event_id, 6)
+    relay = _relay(relay_app, "relay-t", redis_url, lease_seconds=0.2, worker_processes=2)
+    assert relay.dispatch_once() == 6
+    queue = Queue(OUTBOX_QUEUE, connection=relay.redis, serializer=JSONSerializer)
+    [first, _second] = _jobs(relay)
+    queue.remove(first.id)
+    first.delete()  # lost with its worker
+    time.sleep(0.3)
+    assert relay.dispatch_once() == 6
+    sizes = sorted(len(j.args[0]) for j in _jobs(relay))
+    assert sizes == [1, 1, 1, 3]  # the lost job's three, one each; the other still waits
 
 
 def test_redis_down_leaves_the_messages_pending(relay_app: Flask) -> None:
@@ -135,9 +210,8 @@ def test_two_relays_racing_never_dispatch_a_message_twice(
         for thread in threads:
             thread.join(60)
         assert sum(claimed.values()) == 150
-        queue = Queue(OUTBOX_QUEUE, connection=relays[0].redis, serializer=JSONSerializer)
-        ids = queue.job_ids
-        assert len(ids) == 150 and len(set(ids)) == 150
+        members = [m for job in _jobs(relays[0]) for m in job.args[0]]
+        assert len(members) == 150 and len(set(members)) == 150
     finally:
         get_db(app).dispose()
 
@@ -152,7 +226,7 @@ def test_in_process_relay_on_sqlite_is_woken_by_the_commit(sqlite_url: str, redi
         queue = Queue(OUTBOX_QUEUE, connection=relay.redis, serializer=JSONSerializer)
         wait_until(lambda: _rows(app)[0]["DispatchedAt"] is not None, 5, interval=0.01)
         [row] = _rows(app)
-        assert queue.job_ids == [str(row["Id"])]
+        assert queue.job_ids == [str(row["Id"])]  # one message: a job of its own
     finally:
         relay.stop()
         time.sleep(0.1)

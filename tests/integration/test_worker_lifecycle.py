@@ -17,6 +17,7 @@ from tests.integration.outbox_support import (
     Background,
     SmtpSink,
     free_port,
+    gated_handler_env,
     process_env,
     start_relay,
     start_worker,
@@ -130,16 +131,7 @@ def test_fork_per_job_a_killed_work_horse_counts_as_a_failed_attempt(
     smtp = SmtpSink().start()
     app = make_app(postgres_url, redis_url, **smtp.config())
     block = tmp_path / "block"
-    block.mkdir()
-    (block / "gate").touch()
-    env = process_env(
-        postgres_url,
-        redis_url,
-        **smtp.config(),
-        OUTBOX_RETRY_DELAY_SECONDS=0.2,
-        LES_EXTRA_HANDLER_MODULES="tests.integration.fault_handlers",
-        LES_TEST_BLOCK_DIR=block,
-    )
+    env = gated_handler_env(postgres_url, redis_url, smtp, block)
     relay = start_relay(tmp_path, env, "relay-a")
     worker = Background(
         ["-m", "workers", "--concurrency", "1", "--fork-per-job"], env, tmp_path / "w.log"
@@ -172,6 +164,71 @@ def test_fork_per_job_a_killed_work_horse_counts_as_a_failed_attempt(
         assert [tuple(h) for h in history] == [(False, "WorkHorseKilled"), (True, None)]
         assert len(smtp.to("h@example.test")) == 1
         assert worker.proc.poll() is None  # the worker itself lived on
+    finally:
+        relay.stop()
+        worker.stop()
+        smtp.stop()
+        get_db(app).dispose()
+
+
+def test_fork_per_job_a_killed_horse_of_a_shared_job_retries_each_message_alone(
+    postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Three messages waiting when the relay starts go out in one job (one worker
+    process). Its horse is killed on the first: every message of the job not yet
+    processed counts a failed attempt, and each comes back in a job of its own."""
+    import os
+    import signal
+
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    from webapp.adapters.tables import outbox_attempts
+
+    smtp = SmtpSink().start()
+    app = make_app(postgres_url, redis_url, **smtp.config())
+    block = tmp_path / "block"
+    env = gated_handler_env(postgres_url, redis_url, smtp, block, BACKGROUND_MAX_CONCURRENCY=1)
+    details = event_service.EventDetails(
+        title="Herd", description="d", venue="v", start_date=datetime.now(UTC) + timedelta(days=1)
+    )
+    event_id = event_service.create_event(get_db(app).unit_of_work, details, 10)
+    for who in ("ann", "ben", "cy"):
+        registration_service.register(
+            get_db(app).unit_of_work, event_id, who, f"{who}@example.test"
+        )
+    with get_db(app).engine.connect() as conn:
+        ids = list(conn.execute(select(o.Id).order_by(o.CreatedAt)).scalars())
+    relay = start_relay(tmp_path, env, "relay-a")
+    worker = Background(
+        ["-m", "workers", "--concurrency", "1", "--fork-per-job"], env, tmp_path / "w.log"
+    )
+    client = redis.Redis.from_url(redis_url)
+    try:
+        wait_until(lambda: list(block.glob("started-*")), 30)
+        shared = Job.fetch(str(ids[0]), connection=client, serializer=JSONSerializer)
+        assert shared.args == [[str(i) for i in ids]]
+        os.kill(int((block / "pid").read_text()), signal.SIGKILL)
+        (block / "gate").unlink()
+        with get_db(app).engine.connect() as conn:
+            wait_until(lambda: None not in conn.execute(select(o.ProcessedAt)).scalars().all(), 30)
+            history = {
+                mid: [
+                    tuple(h)
+                    for h in conn.execute(
+                        select(outbox_attempts.c.Succeeded, outbox_attempts.c.ErrorType)
+                        .where(outbox_attempts.c.MessageId == mid)
+                        .order_by(outbox_attempts.c.Id)
+                    )
+                ]
+                for mid in ids
+            }
+        for mid in ids:
+            assert history[mid] == [(False, "WorkHorseKilled"), (True, None)]
+            job = Job.fetch(str(mid), connection=client, serializer=JSONSerializer)
+            assert job.args == [[str(mid)]]  # the retry: a job of its own
+        for who in ("ann", "ben", "cy"):
+            assert len(smtp.to(f"{who}@example.test")) == 1
     finally:
         relay.stop()
         worker.stop()

@@ -15,7 +15,7 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from webapp.adapters.tables import outbox_attempts, outbox_messages
+from webapp.adapters.tables import outbox_attempts, outbox_messages, processed_messages
 
 o = outbox_messages.c
 
@@ -108,11 +108,6 @@ def release(session: Session, ids: Sequence[uuid.UUID], relay: str) -> None:
         )
 
 
-def load(db: Session | Connection, message_id: uuid.UUID) -> dict[str, Any] | None:
-    row = db.execute(select(outbox_messages).where(o.Id == message_id)).first()
-    return dict(row._mapping) if row else None
-
-
 def lock(session: Session, message_id: uuid.UUID) -> dict[str, Any] | None:
     """The message row, locked for this transaction (no-op lock on SQLite, whose
     write transaction already excludes every other writer)."""
@@ -123,47 +118,97 @@ def lock(session: Session, message_id: uuid.UUID) -> dict[str, Any] | None:
     return dict(row._mapping) if row else None
 
 
-def take_over(
-    session: Session, message_id: uuid.UUID, worker: str, now: datetime, lease_seconds: float
-) -> bool:
-    """The worker starts on a message: the lease is now the worker's. False if the
-    message no longer needs handling (processed, dead-lettered or archived)."""
-    result = session.execute(
-        update(outbox_messages)
-        .where(o.Id == message_id, pending_clause())
-        .values(LockedUntil=now + timedelta(seconds=lease_seconds), LockedBy=worker)
-    )
-    return bool(result.rowcount)
-
-
-def record_attempt(
+def take_over_many(
     session: Session,
-    message_id: uuid.UUID,
+    message_ids: Sequence[uuid.UUID],
     worker: str,
-    at: datetime,
-    duration_ms: int,
-    error_type: str | None = None,
-    error: str | None = None,
-) -> None:
-    session.execute(
-        insert(outbox_attempts).values(
-            MessageId=message_id,
-            AttemptedAt=at,
-            Worker=worker[:200],
-            DurationMs=duration_ms,
-            Succeeded=error_type is None,
-            ErrorType=error_type,
-            Error=error,
-        )
-    )
-
-
-def mark_processed(session: Session, message_id: uuid.UUID, now: datetime) -> None:
-    session.execute(
+    now: datetime,
+    lease_seconds: float,
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """The worker starts on these messages: their lease is now the worker's. Returns
+    the rows it took (id -> Type, Data, TraceContext); messages that no longer need
+    handling (processed, dead-lettered, archived) or do not exist are left out."""
+    if not message_ids:
+        return {}
+    rows = session.execute(
         update(outbox_messages)
-        .where(o.Id == message_id, o.ProcessedAt.is_(None))
-        .values(ProcessedAt=now, LockedUntil=None, LockedBy=None, NextRetryAt=None)
+        .where(o.Id.in_(list(message_ids)), pending_clause())
+        .values(LockedUntil=now + timedelta(seconds=lease_seconds), LockedBy=worker)
+        .returning(o.Id, o.Type, o.Data, o.TraceContext)
     )
+    return {row.Id: dict(row._mapping) for row in rows}
+
+
+def types_of(
+    db: Session | Connection, message_ids: Sequence[uuid.UUID], pending_only: bool = False
+) -> dict[uuid.UUID, str]:
+    """The type of each of these messages that exists (and, with ``pending_only``,
+    still needs handling)."""
+    stmt = select(o.Id, o.Type).where(o.Id.in_(list(message_ids)))
+    if pending_only:
+        stmt = stmt.where(pending_clause())
+    rows = db.execute(stmt)
+    return {row.Id: row.Type for row in rows}
+
+
+def lock_for_handler(session: Session, message_id: uuid.UUID, handler: str) -> bool:
+    """Lock the message's row for one handler's transaction; True if the handler
+    still has to run (the message is not processed and its inbox has no row for
+    ``handler``). One statement: the row lock and the inbox check together."""
+    done = (
+        select(processed_messages.c.MessageId)
+        .where(processed_messages.c.MessageId == o.Id, processed_messages.c.Handler == handler)
+        .exists()
+    )
+    stmt = select(o.ProcessedAt.is_(None), done).where(o.Id == message_id)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(of=outbox_messages)
+    row = session.execute(stmt).first()
+    return row is not None and bool(row[0]) and not row[1]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One row of ``OutboxAttempts``: a worker's run of a message's handlers."""
+
+    message_id: uuid.UUID
+    worker: str
+    at: datetime
+    duration_ms: int
+    error_type: str | None = None
+    error: str | None = None
+
+
+def record_attempts(session: Session, attempts: Sequence[Attempt]) -> None:
+    session.execute(
+        insert(outbox_attempts),
+        [
+            {
+                "MessageId": a.message_id,
+                "AttemptedAt": a.at,
+                "Worker": a.worker[:200],
+                "DurationMs": a.duration_ms,
+                "Succeeded": a.error_type is None,
+                "ErrorType": a.error_type,
+                "Error": a.error,
+            }
+            for a in attempts
+        ],
+    )
+
+
+def mark_processed_many(
+    session: Session, message_ids: Sequence[uuid.UUID], now: datetime
+) -> set[uuid.UUID]:
+    """Mark these messages processed; returns the ids it marked (not those another
+    worker marked first)."""
+    rows = session.execute(
+        update(outbox_messages)
+        .where(o.Id.in_(list(message_ids)), o.ProcessedAt.is_(None))
+        .values(ProcessedAt=now, LockedUntil=None, LockedBy=None, NextRetryAt=None)
+        .returning(o.Id)
+    )
+    return {row.Id for row in rows}
 
 
 def mark_failed(

@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -140,6 +140,17 @@ class HandlerRun:
         outbox_relay.lock(self.session, self._id)
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """One run of a message's handlers, before it is recorded."""
+
+    message_id: uuid.UUID
+    type_name: str
+    started_at: datetime
+    duration: float
+    failure: BaseException | None
+
+
 @dataclass
 class Outcome:
     #: processed | retry | dead | skipped | missing
@@ -172,38 +183,72 @@ class Deliverer:
         trace_context: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> Outcome:
-        """Handle one message (the worker job). Never raises for a handler failure:
-        the failure is recorded on the message and its retry scheduled. Database
-        errors while bookkeeping do propagate (the relay redelivers after the lease)."""
-        mid = message_id if isinstance(message_id, uuid.UUID) else uuid.UUID(str(message_id))
+        """Handle one message. Never raises for a handler failure: the failure is
+        recorded on the message and its retry scheduled. Database errors while
+        bookkeeping do propagate (the relay redelivers after the lease)."""
+        contexts = {str(message_id): trace_context} if trace_context is not None else None
+        return self.process_many([message_id], contexts, lease_seconds)[0]
+
+    def process_many(
+        self,
+        message_ids: Sequence[str | uuid.UUID],
+        trace_contexts: Mapping[str, str | None] | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> list[Outcome]:
+        """Handle several messages in order (one worker job; the relay puts several
+        fresh messages in one job under load). One statement takes them all over;
+        each handler runs in its own transaction with its inbox row, as for a single
+        message; a failure is recorded at once; the messages that succeeded are
+        marked processed together, with their attempt rows, in one transaction at
+        the end. Outcomes come back in the order of ``message_ids``."""
+        ids = [m if isinstance(m, uuid.UUID) else uuid.UUID(str(m)) for m in message_ids]
+        contexts = trace_contexts or {}
         with self.db.write_sessions() as session, session.begin():
-            row = outbox_relay.load(session, mid)
+            taken = outbox_relay.take_over_many(
+                session, ids, self.worker_name, utcnow(), lease_seconds
+            )
+            left_out = [mid for mid in ids if mid not in taken]
+            types = outbox_relay.types_of(session, left_out) if left_out else {}
+        outcomes: dict[uuid.UUID, Outcome] = {
+            mid: Outcome("skipped", types[mid]) if mid in types else Outcome("missing")
+            for mid in left_out
+        }
+        succeeded: list[_Attempt] = []
+        for mid in ids:
+            row = taken.get(mid)
             if row is None:
-                return Outcome("missing")
-            if not outbox_relay.take_over(session, mid, self.worker_name, utcnow(), lease_seconds):
-                return Outcome("skipped", row["Type"])
-        with continue_trace(
-            f"outbox.handle {row['Type']}",
-            trace_context if trace_context is not None else row["TraceContext"],
-            kind=trace.SpanKind.CONSUMER,
-            attributes={"messaging.message.id": str(mid), "les.worker": self.worker_name},
-        ) as span:
-            outcome = self._run(mid, row)
-            span.set_attribute("les.outcome", outcome.status)
-            if outcome.error:
-                span.set_status(trace.StatusCode.ERROR, outcome.error[:200])
-            return outcome
+                continue
+            context = contexts.get(str(mid))
+            with continue_trace(
+                f"outbox.handle {row['Type']}",
+                context if context is not None else row["TraceContext"],
+                kind=trace.SpanKind.CONSUMER,
+                attributes={"messaging.message.id": str(mid), "les.worker": self.worker_name},
+            ) as span:
+                attempt = self._run(mid, row)
+                if attempt.failure is None:
+                    succeeded.append(attempt)
+                    span.set_attribute("les.outcome", "processed")
+                    continue
+                outcome = self._finish(attempt)
+                outcomes[mid] = outcome
+                span.set_attribute("les.outcome", outcome.status)
+                span.set_status(trace.StatusCode.ERROR, (outcome.error or "")[:200])
+        if succeeded:
+            outcomes.update(self._finish_processed(succeeded))
+        return [outcomes[mid] for mid in ids]
 
     def record_crash(self, message_id: str | uuid.UUID, error: BaseException) -> Outcome:
-        """The process running ``message_id`` died: count it as a failed attempt."""
+        """The process running ``message_id`` died: count it as a failed attempt
+        (unless the message no longer needs handling)."""
         mid = message_id if isinstance(message_id, uuid.UUID) else uuid.UUID(str(message_id))
         with self.db.engine.connect() as conn:
-            row = outbox_relay.load(conn, mid)
-        if row is None:
-            return Outcome("missing")
-        return self._finish(mid, row["Type"], utcnow(), 0.0, error)
+            types = outbox_relay.types_of(conn, [mid], pending_only=True)
+        if mid not in types:
+            return Outcome("skipped")  # handled meanwhile, dead, archived, or gone
+        return self._finish(_Attempt(mid, types[mid], utcnow(), 0.0, error))
 
-    def _run(self, mid: uuid.UUID, row: dict[str, Any]) -> Outcome:
+    def _run(self, mid: uuid.UUID, row: dict[str, Any]) -> _Attempt:
         type_name = row["Type"]
         started_at = utcnow()
         started = time.perf_counter()
@@ -224,22 +269,13 @@ class Deliverer:
                     failure = failure or error
         duration = time.perf_counter() - started
         HANDLER_SECONDS.labels(message_type=type_name).observe(duration)
-        return self._finish(mid, type_name, started_at, duration, failure)
+        return _Attempt(mid, type_name, started_at, duration, failure)
 
     def _run_handler(self, mid: uuid.UUID, handler: messagebus.AsyncHandler, message: Any) -> None:
         with self.db.write_sessions() as session:
             try:
-                current = outbox_relay.lock(session, mid)
-                if current is None or current["ProcessedAt"] is not None:
-                    return
-                done = session.execute(
-                    select(processed_messages.c.MessageId).where(
-                        processed_messages.c.MessageId == mid,
-                        processed_messages.c.Handler == handler.name,
-                    )
-                ).first()
-                if done is not None:
-                    return
+                if not outbox_relay.lock_for_handler(session, mid, handler.name):
+                    return  # processed meanwhile, or this handler already ran
                 ctx = HandlerRun(
                     session,
                     self.mailer,
@@ -259,33 +295,52 @@ class Deliverer:
                 session.rollback()
                 raise
 
-    def _finish(
-        self,
-        mid: uuid.UUID,
-        type_name: str,
-        started_at: datetime,
-        duration: float,
-        failure: BaseException | None,
-    ) -> Outcome:
+    def _finish_processed(self, attempts: Sequence[_Attempt]) -> dict[uuid.UUID, Outcome]:
+        """Every handler of these messages succeeded: their attempt rows and
+        ``ProcessedAt`` in one transaction (a message processed meanwhile by another
+        worker is ``skipped``)."""
+        with self.db.write_sessions() as session, session.begin():
+            outbox_relay.record_attempts(
+                session,
+                [
+                    outbox_relay.Attempt(
+                        a.message_id, self.worker_name, a.started_at, round(a.duration * 1000)
+                    )
+                    for a in attempts
+                ],
+            )
+            marked = outbox_relay.mark_processed_many(
+                session, [a.message_id for a in attempts], utcnow()
+            )
+        return {
+            a.message_id: Outcome("processed" if a.message_id in marked else "skipped", a.type_name)
+            for a in attempts
+        }
+
+    def _finish(self, attempt: _Attempt) -> Outcome:
+        """Record a failed attempt: a retry with backoff, or a dead letter."""
+        mid, type_name, failure = attempt.message_id, attempt.type_name, attempt.failure
+        assert failure is not None
         now = utcnow()
+        error_type = type(failure).__name__
+        error_text = _describe(failure)
         with self.db.write_sessions() as session, session.begin():
             current = outbox_relay.lock(session, mid)
-            error_type = type(failure).__name__ if failure else None
-            error_text = _describe(failure) if failure else None
-            outbox_relay.record_attempt(
+            outbox_relay.record_attempts(
                 session,
-                mid,
-                self.worker_name,
-                started_at,
-                round(duration * 1000),
-                error_type,
-                error_text,
+                [
+                    outbox_relay.Attempt(
+                        mid,
+                        self.worker_name,
+                        attempt.started_at,
+                        round(attempt.duration * 1000),
+                        error_type,
+                        error_text,
+                    )
+                ],
             )
             if current is None or current["ProcessedAt"] is not None:
                 return Outcome("skipped", type_name)
-            if failure is None:
-                outbox_relay.mark_processed(session, mid, now)
-                return Outcome("processed", type_name)
             HANDLER_FAILURES.labels(message_type=type_name, error_class=error_type).inc()
             failures = int(current["RetryCount"]) + 1
             dead = failures >= int(current["MaxRetryCount"])
@@ -297,7 +352,7 @@ class Deliverer:
                 session,
                 mid,
                 retry_count=failures,
-                error=error_text or "",
+                error=error_text,
                 error_type=f"{type(failure).__module__}.{type(failure).__qualname__}",
                 error_summary=error_summary(failure),
                 fingerprint=fingerprint(type_name, failure),
