@@ -72,6 +72,8 @@ class Options:
     #: a rate the machine sustains, for the relay's own latency (issue 3's target)
     background_light_rate: float = 20.0
     background_duration: float = 8.0
+    #: outbox messages committed at once for the drain measurement
+    background_burst: int = 3000
     pgbench_duration: float = 8.0
     dead_letters: int = 100_000
     #: longest wait for the outbox backlog after a scenario / at the end
@@ -109,6 +111,7 @@ class Options:
             o.duration, o.warmup = 1.2, 0.5
             o.concurrencies = (1, 32)
             o.background_duration, o.pgbench_duration = 4.0, 3.0
+            o.background_burst = 400
             o.baseline_scenarios = ("event_detail", "register_free")
             o.baseline_concurrencies = (32,)
             o.settle_s, o.drain_s = 0.5, 5.0
@@ -396,6 +399,7 @@ class Bench:
                     self.results["background_light"] = self.background(
                         stack, self.o.background_light_rate
                     )
+                    self.results["background_burst"] = self.background_burst(stack)
                     continue
                 for concurrency in self.o.concurrencies:
                     result = self.run_scenario(stack, scenario, concurrency, "main")
@@ -499,6 +503,61 @@ class Bench:
             f"background: {load['ops_per_s']} reg/s (target {rate}), "
             f"commit->done {result['commit_to_done_ms']}"
         )
+        return result
+
+    def background_burst(self, stack: Stack) -> dict[str, Any]:
+        """The relay and workers alone, with both cores: ``background_burst``
+        RegistrationCreated messages of seeded registrations committed in one
+        transaction (as a burst of registrations leaves them), then the time until
+        the last is processed, and the relay's and workers' CPU meanwhile."""
+        assert self.conn is not None
+        n = self.o.background_burst
+        self.settle(self.o.drain_s)
+        before = stack.cpu_seconds()
+        started = time.perf_counter()
+        with self.conn.transaction():
+            since = self.conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+            self.conn.execute(
+                'INSERT INTO "OutboxMessages" ("Id", "Type", "Data", "CreatedAt", '
+                '"RetryCount", "MaxRetryCount", "EventId") '
+                "SELECT gen_random_uuid(), 'RegistrationCreated', "
+                "json_build_object('event_id', r.\"EventId\", 'registration_id', "
+                'r."Id"::text, \'attendee_id\', r."UserId"::text, \'status\', r."Status", '
+                "'position', NULL)::text, now(), 0, 3, r.\"EventId\" "
+                'FROM "EventRegistrations" r WHERE r."Status" = \'Confirmed\' '
+                "ORDER BY random() LIMIT %s",
+                (n,),
+            )
+        drained = wait_for(lambda: self.pending(since) == 0, timeout=max(self.o.drain_s, 120))
+        wall = time.perf_counter() - started
+        cpu = Stack.cpu_used(before, stack.cpu_seconds())
+        row = self.conn.execute(
+            'SELECT count(*), extract(epoch FROM max("ProcessedAt") - min("CreatedAt")) '
+            'FROM "OutboxMessages" WHERE "CreatedAt" >= %s AND "ProcessedAt" IS NOT NULL',
+            (since,),
+        ).fetchone()
+        assert row is not None
+        done, span = int(row[0]), float(row[1] or 0.0)
+        latencies = self.conn.execute(
+            'SELECT extract(epoch FROM ("ProcessedAt" - "CreatedAt")) FROM "OutboxMessages" '
+            'WHERE "CreatedAt" >= %s AND "ProcessedAt" IS NOT NULL',
+            (since,),
+        ).fetchall()
+        result = {
+            "messages": n,
+            "processed": done,
+            "drained": drained,
+            "drain_s": round(span, 2),
+            "messages_per_s": round(done / span, 1) if span else None,
+            "commit_to_done_ms": summarize(float(r[0]) for r in latencies),
+            "cpu_cores": {role: round(used / wall, 2) for role, used in cpu.items()},
+            "cpu_ms_per_message": {
+                role: round(used / max(done, 1) * 1000, 2)
+                for role, used in cpu.items()
+                if role in ("relay", "worker")
+            },
+        }
+        log(f"background burst: {result}")
         return result
 
     def settle(self, limit: float) -> dict[str, Any]:

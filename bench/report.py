@@ -449,6 +449,21 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
             f"p99 {_fmt(d.get('p99'))} ms. Drained: {bg.get('drained')}.",
             "",
         ]
+    burst = results.get("background_burst") or {}
+    if burst:
+        c = burst.get("commit_to_done_ms") or {}
+        cpu = burst.get("cpu_cores") or {}
+        per = burst.get("cpu_ms_per_message") or {}
+        out += [
+            f"Burst, relay and workers alone: {burst.get('messages')} RegistrationCreated "
+            f"messages committed in one transaction, processed in "
+            f"{_fmt(burst.get('drain_s'))} s = **{_fmt(burst.get('messages_per_s'))} "
+            f"messages/s**; commit -> done p50 {_fmt(c.get('p50'))} ms, "
+            f"p99 {_fmt(c.get('p99'))} ms. CPU meanwhile: relay {cpu.get('relay')} cores, "
+            f"workers {cpu.get('worker')} cores ({per.get('relay')} and "
+            f"{per.get('worker')} ms per message). Drained: {burst.get('drained')}.",
+            "",
+        ]
     base = results.get("baseline", {}).get("scenarios", [])
     if base:
         out += [
