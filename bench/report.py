@@ -168,6 +168,18 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"(target rate {background.get('target_rate_per_s')})",
         )
     )
+    burst = results.get("background_burst", {})
+    checks.append(
+        _check(
+            "Background capacity: messages/s the relay and workers drain alone",
+            burst.get("messages_per_s"),
+            ">=",
+            500,
+            "/s",
+            f"a burst of {burst.get('messages')} messages committed at once; "
+            "the web idle (each registration writes one message)",
+        )
+    )
     light = results.get("background_light", {})
     for percentile, limit in (("p50", 50), ("p99", 1000)):
         checks.append(
@@ -565,13 +577,19 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
 
 
 def render(results_path: str) -> str:
-    """Re-render docs/PERFORMANCE.md from a stored results file (and bench/ANALYSIS.md)."""
+    """Re-render docs/PERFORMANCE.md from a stored results file (and bench/ANALYSIS.md).
+    The targets are evaluated again (and stored back in the file), so a target added
+    to :func:`evaluate_targets` shows for a run made before."""
     import json
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     path = Path(results_path).resolve()
     results = json.loads(path.read_text())
+    targets = evaluate_targets(results)
+    if targets != results.get("targets"):
+        results["targets"] = targets
+        path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     analysis_file = root / "bench" / "ANALYSIS.md"
     analysis = analysis_file.read_text() if analysis_file.exists() else ""
     text = markdown(results, path.relative_to(root).as_posix(), analysis)

@@ -155,11 +155,11 @@ class Relay:
         worker processes, so each gets some. Once jobs wait, every worker is busy and
         the jobs are full. A redelivery or a retry is a job of its own: a message
         that took its worker down cannot take others down with it a second time."""
-        fresh = [c for c in messages if c.dispatched_at is None]
+        fresh = [c for c in messages if c.first_dispatch]
         spread = 1 if queued > 0 else self.worker_processes
         size = max(1, min(self.messages_per_job, math.ceil(len(fresh) / spread)))
         jobs = [fresh[i : i + size] for i in range(0, len(fresh), size)]
-        return jobs + [[c] for c in messages if c.dispatched_at is not None]
+        return jobs + [[c] for c in messages if not c.first_dispatch]
 
     def _enqueue(self, messages: Sequence[outbox_relay.Claimed]) -> None:
         if not messages:

@@ -159,6 +159,8 @@ def test_one_job_of_several_messages_records_each_on_its_own(
     ]
     assert "SMTPDataError" in (outcomes[1].error or "")
     after = {r["Id"]: r for r in outbox(mail_app)}
+    # taken by a worker: dispatched, even if the relay never marked it (a redelivery)
+    assert all(r["DispatchedAt"] is not None for r in after.values())
     for row in (rows[0], rows[2]):
         assert after[row["Id"]]["ProcessedAt"] is not None
         assert after[row["Id"]]["LockedBy"] is None

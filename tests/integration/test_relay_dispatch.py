@@ -15,7 +15,7 @@ from flask import Flask
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.conftest import make_app
 from tests.integration.outbox_support import free_port, wait_until
@@ -173,6 +173,34 @@ def test_redeliveries_get_a_job_each(relay_app: Flask, redis_url: str) -> None:
     assert relay.dispatch_once() == 6
     sizes = sorted(len(j.args[0]) for j in _jobs(relay))
     assert sizes == [1, 1, 1, 3]  # the lost job's three, one each; the other still waits
+
+
+def test_a_failed_message_is_a_job_of_its_own_even_if_never_marked_dispatched(
+    relay_app: Flask, redis_url: str
+) -> None:
+    """A worker may take a message before the relay's mark commits, so a message
+    that failed may have no ``DispatchedAt``: its failure count alone keeps it out
+    of shared jobs (a message that kills its worker must not take others along).
+    A dead letter an operator replayed (failures reset) goes out alone too."""
+    event_id = _event(relay_app)
+    _register(relay_app, event_id, 6)
+    ids = [r["Id"] for r in _rows(relay_app)]
+    failed, replayed = ids[:2], ids[2]
+    with get_db(relay_app).engine.begin() as conn:
+        conn.execute(
+            update(outbox_messages)
+            .where(outbox_messages.c.Id.in_(failed))
+            .values(RetryCount=1, NextRetryAt=datetime.now(UTC) - timedelta(seconds=1))
+        )
+        conn.execute(
+            update(outbox_messages).where(outbox_messages.c.Id == replayed).values(ReplayCount=1)
+        )
+    relay = _relay(relay_app, "relay-t", redis_url, worker_processes=1)
+    assert relay.dispatch_once() == 6
+    jobs = _jobs(relay)
+    assert sorted(len(j.args[0]) for j in jobs) == [1, 1, 1, 3]
+    alone = sorted(j.args[0] for j in jobs if len(j.args[0]) == 1)
+    assert alone == sorted([str(m)] for m in [*failed, replayed])
 
 
 def test_redis_down_leaves_the_messages_pending(relay_app: Flask) -> None:

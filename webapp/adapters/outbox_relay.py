@@ -31,8 +31,17 @@ class Claimed:
     type: str
     created_at: datetime
     trace_context: str | None
-    #: set when an earlier relay pass had already enqueued it (a redelivery)
+    #: set once a relay enqueued it or a worker took it (a redelivery)
     dispatched_at: datetime | None
+    #: failed attempts so far (a retry when above 0)
+    retry_count: int = 0
+    #: times an operator replayed it from the dead letters
+    replay_count: int = 0
+
+    @property
+    def first_dispatch(self) -> bool:
+        """Never enqueued, never taken by a worker, never failed, never replayed."""
+        return self.dispatched_at is None and self.retry_count == 0 and self.replay_count == 0
 
 
 def pending_clause() -> Any:
@@ -60,7 +69,9 @@ def claim(
     Call inside a transaction and commit right after.
     """
     stmt = (
-        select(o.Id, o.Type, o.CreatedAt, o.TraceContext, o.DispatchedAt)
+        select(
+            o.Id, o.Type, o.CreatedAt, o.TraceContext, o.DispatchedAt, o.RetryCount, o.ReplayCount
+        )
         .where(due_clause(now))
         .order_by(o.CreatedAt)
         .limit(limit)
@@ -125,15 +136,21 @@ def take_over_many(
     now: datetime,
     lease_seconds: float,
 ) -> dict[uuid.UUID, dict[str, Any]]:
-    """The worker starts on these messages: their lease is now the worker's. Returns
-    the rows it took (id -> Type, Data, TraceContext); messages that no longer need
-    handling (processed, dead-lettered, archived) or do not exist are left out."""
+    """The worker starts on these messages: their lease is now the worker's, and
+    each counts as dispatched (the relay's own mark may not have committed yet; it
+    then finds the lease taken and leaves the row alone). Returns the rows it took
+    (id -> Type, Data, TraceContext); messages that no longer need handling
+    (processed, dead-lettered, archived) or do not exist are left out."""
     if not message_ids:
         return {}
     rows = session.execute(
         update(outbox_messages)
         .where(o.Id.in_(list(message_ids)), pending_clause())
-        .values(LockedUntil=now + timedelta(seconds=lease_seconds), LockedBy=worker)
+        .values(
+            LockedUntil=now + timedelta(seconds=lease_seconds),
+            LockedBy=worker,
+            DispatchedAt=func.coalesce(o.DispatchedAt, now),
+        )
         .returning(o.Id, o.Type, o.Data, o.TraceContext)
     )
     return {row.Id: dict(row._mapping) for row in rows}
