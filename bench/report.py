@@ -190,7 +190,8 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 limit,
                 "ms",
                 f"at {light.get('achieved_registrations_per_s')} registrations/s; "
-                "from the transaction's start (CreatedAt), so it includes the commit",
+                "from the outbox row's write at the end of the transaction (CreatedAt), "
+                "so it includes the commit",
             )
         )
     errors = [r["errors"] for r in results.get("scenarios", [])]
@@ -454,7 +455,7 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
             f"Paced registrations at a target of {bg.get('target_rate_per_s')}/s "
             f"(achieved {bg.get('achieved_registrations_per_s')}/s, "
             f"{bg.get('load_errors')} errors); {bg.get('messages')} outbox messages, "
-            f"`OutboxMessages.CreatedAt` (the transaction's time) -> `ProcessedAt`: "
+            f"`OutboxMessages.CreatedAt` (written just before COMMIT) -> `ProcessedAt`: "
             f"p50 {_fmt(c.get('p50'))} ms, p95 {_fmt(c.get('p95'))} ms, "
             f"p99 {_fmt(c.get('p99'))} ms, max {_fmt(c.get('max'))} ms; of which "
             f"commit -> enqueued (relay) p50 {_fmt(d.get('p50'))} ms, "

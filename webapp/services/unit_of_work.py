@@ -192,6 +192,9 @@ class UnitOfWork:
                 to_outbox.append(message)
             queue.extend(self._collect())
         self.session.flush()
+        # CreatedAt is when the message is written, at the end of the use case: the
+        # relay's and workers' latencies (metrics, dashboard, benchmark) start there,
+        # not at the start of the transaction
         self._result.outbox_rows.extend(
-            write_outbox(self.session, to_outbox, self.now, self.trace_context(), self.max_retries)
+            write_outbox(self.session, to_outbox, utcnow(), self.trace_context(), self.max_retries)
         )
