@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -90,6 +91,30 @@ def test_overview_counts_pending_retrying_and_dead(
     fragment = client.get(BASE + "/", headers={"HX-Request": "true"})
     assert fragment.text.lstrip().startswith('<section id="overview"')
     assert "<html" not in fragment.text
+
+
+def test_overview_counts_rq_jobs_not_messages(
+    app: Flask, client: FlaskClient, login_as: LoginAs
+) -> None:
+    """Under load the relay puts several messages in one job: the queue depth is
+    shown as jobs, next to the outbox's own message counts."""
+    import redis
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from workers import HANDLE_MESSAGES_JOB, OUTBOX_QUEUE
+
+    queue = Queue(
+        OUTBOX_QUEUE,
+        connection=redis.Redis.from_url(app.config["REDIS_URL"]),
+        serializer=JSONSerializer,
+    )
+    queue.enqueue(HANDLE_MESSAGES_JOB, [str(uuid.uuid4()) for _ in range(10)])
+    queue.enqueue(HANDLE_MESSAGES_JOB, [str(uuid.uuid4())])
+    login_as("viewer")
+    html = client.get(BASE + "/").text
+    assert '<dd id="queues">outbox: 2 jobs</dd>' in html
+    assert "a job carries one or more outbox messages" in html
 
 
 def test_dead_letters_filter_by_error_class_and_text(
