@@ -3,6 +3,11 @@ worker pool (``python -m workers``) that runs the asynchronous handlers."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rq.job import Job
+
 #: queue of outbox message jobs (one or more messages per job; job id = first message id)
 OUTBOX_QUEUE = "outbox"
 #: periodic housekeeping (cleanup of processed outbox messages)
@@ -15,3 +20,12 @@ HANDLE_MESSAGES_JOB = "workers.jobs.handle_messages"
 #: the one-message job of earlier releases (jobs still queued at an upgrade run)
 HANDLE_MESSAGE_JOB = "workers.jobs.handle_message"
 CLEANUP_JOB = "workers.jobs.cleanup_outbox"
+
+
+def job_message_ids(job: Job) -> list[str]:
+    """The outbox message ids an RQ job handles (none for other jobs)."""
+    if job.func_name == HANDLE_MESSAGES_JOB and job.args:
+        return [str(m) for m in job.args[0]]
+    if job.func_name == HANDLE_MESSAGE_JOB and job.args:
+        return [str(job.args[0])]
+    return []

@@ -48,7 +48,7 @@ from webapp.observability.metrics import (
 from webapp.observability.tracing import continue_trace
 from webapp.services.delivery import DEFAULT_LEASE_SECONDS, RELAY_WAKEUP, WAKEUP_CHANNEL
 from webapp.services.unit_of_work import utcnow
-from workers import HANDLE_MESSAGE_JOB, HANDLE_MESSAGES_JOB, OUTBOX_QUEUE
+from workers import HANDLE_MESSAGES_JOB, OUTBOX_QUEUE, job_message_ids
 
 log = logging.getLogger("workers.relay")
 
@@ -309,15 +309,6 @@ class Relay:
             self._pubsub_thread.stop()
         with contextlib.suppress(redis.RedisError):
             heartbeats.forget(self.redis, "relay", self.name)
-
-
-def job_message_ids(job: Job) -> list[str]:
-    """The outbox message ids an RQ job handles (none for other jobs)."""
-    if job.func_name == HANDLE_MESSAGES_JOB and job.args:
-        return [str(m) for m in job.args[0]]
-    if job.func_name == HANDLE_MESSAGE_JOB and job.args:
-        return [str(job.args[0])]
-    return []
 
 
 def _ignore_pubsub_error(error: BaseException, pubsub: Any, thread: Any) -> None:

@@ -19,7 +19,7 @@ from rq.worker_pool import WorkerPool
 from webapp.adapters import heartbeats
 from webapp.adapters.query_stats import flush_query_stats
 from webapp.observability.tracing import flush_spans
-from workers import CLEANUP_JOB, MAINTENANCE_QUEUE, QUEUES, runtime
+from workers import CLEANUP_JOB, MAINTENANCE_QUEUE, QUEUES, job_message_ids, runtime
 
 log = logging.getLogger("workers")
 
@@ -93,8 +93,6 @@ class ForkingOutboxWorker(_RqTrafficUntraced, Worker):
         if this worker dies too, the relay's lease on the messages runs out and they
         are dispatched again."""
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
-        from workers.relay import job_message_ids
-
         crash = WorkHorseKilled(f"work horse {retpid} ended with {ret_val}")
         for message_id in job_message_ids(job):
             try:

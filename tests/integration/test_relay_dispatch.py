@@ -282,3 +282,30 @@ def test_relay_on_postgresql_is_woken_by_the_commits_notify(
     finally:
         relay.close()
         get_db(app).dispose()
+
+
+def test_a_one_message_job_of_an_earlier_release_is_still_handled(
+    relay_app: Flask, redis_url: str, tmp_path: Any
+) -> None:
+    """Jobs queued before an upgrade name ``workers.jobs.handle_message`` with one id:
+    a worker of this release runs them."""
+    from rq import SimpleWorker
+
+    from workers import HANDLE_MESSAGE_JOB, runtime
+
+    relay_app.config["MAILBOX_DIR"] = str(tmp_path / "mailbox")
+    event_id = _event(relay_app)
+    _register(relay_app, event_id, 1)
+    [row] = _rows(relay_app)
+    connection = redis.Redis.from_url(redis_url)
+    queue = Queue(OUTBOX_QUEUE, connection=connection, serializer=JSONSerializer)
+    queue.enqueue(HANDLE_MESSAGE_JOB, str(row["Id"]), job_id=str(row["Id"]))
+    previous = (runtime._app, runtime._deliverer)
+    runtime._app, runtime._deliverer = relay_app, None
+    try:
+        SimpleWorker([queue], connection=connection, serializer=JSONSerializer).work(burst=True)
+    finally:
+        runtime._app, runtime._deliverer = previous
+    [done] = _rows(relay_app)
+    assert done["ProcessedAt"] is not None
+    assert len(list((tmp_path / "mailbox").glob("*.eml"))) == 1
