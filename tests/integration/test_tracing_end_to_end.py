@@ -189,3 +189,26 @@ def test_the_worker_traces_its_jobs_but_not_rqs_own_redis_traffic(
     redis_spans = [s for s in spans if (s.attributes or {}).get("db.system") == "redis"]
     outside = sorted(s.name for s in redis_spans if s.context.trace_id not in jobs)
     assert outside == [], outside
+
+
+def test_flushing_query_timings_makes_no_spans(
+    traced_app: Flask, recorder: Recorder, redis_url: str
+) -> None:
+    """The query-timings pipeline (every second, from any thread or request) is
+    telemetry about the app, not work of the app: it is not traced."""
+    from sqlalchemy import text
+
+    from webapp.adapters.query_stats import flush_query_stats, query_report
+
+    with get_db(traced_app).engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    recorder.exporter.clear()
+    flush_query_stats()
+    redis_spans = [
+        s.name
+        for s in recorder.exporter.get_finished_spans()
+        if (s.attributes or {}).get("db.system") == "redis"
+    ]
+    assert redis_spans == []
+    # and the timings did reach Redis
+    assert any(s.sql == "SELECT ?" for s in query_report(redis.Redis.from_url(redis_url)))

@@ -38,6 +38,7 @@ from functools import lru_cache
 from typing import Any
 
 import redis
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from sqlalchemy import Engine, event
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,11 @@ class QueryStats:
                 pipe.lpush(SLOW_KEY, *slow)
                 pipe.ltrim(SLOW_KEY, 0, SLOW_KEPT - 1)
                 pipe.expire(SLOW_KEY, 24 * 3600)
-            pipe.execute()
+            # telemetry about queries is not traced itself: a flush from a request
+            # would add a span to its trace, one from the flusher thread a trace of
+            # its own every second
+            with suppress_instrumentation():
+                pipe.execute()
         except redis.RedisError as error:
             log.debug("query stats not flushed: %s", error)
 
