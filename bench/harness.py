@@ -110,12 +110,12 @@ class Options:
         if a.quick:
             o.duration, o.warmup = 1.2, 0.5
             o.concurrencies = (1, 32)
-            o.background_duration, o.pgbench_duration = 4.0, 3.0
-            o.background_burst = 400
+            o.background_duration, o.pgbench_duration = 3.0, 2.0
+            o.background_burst = 200
             o.baseline_scenarios = ("event_detail", "register_free")
             o.baseline_concurrencies = (32,)
             o.settle_s, o.drain_s = 0.5, 5.0
-            o.dead_letters = 20_000  # the full run proves the 100,000 figure
+            o.dead_letters = 10_000  # the full run proves the 100,000 figure
         if a.duration:
             o.duration = a.duration
         if a.concurrency:

@@ -345,7 +345,8 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
         "concurrent clients.",
         "",
         "Run it: `make bench` (full, < 10 minutes) or `make bench-quick` (< 2 minutes: "
-        "1 and 32 clients, 1.2 s per run, 20,000 dead letters). Options: "
+        "1 and 32 clients, 1.2 s per run, 10,000 dead letters, a burst of 200 messages). "
+        "Options: "
         "`python -m bench --help` (`--scenarios`, `--concurrency`, `--duration`, "
         "`--workers/--threads/--worker-class`, `--profile SCENARIO[:web|relay|worker]` "
         "for a py-spy profile of that role's processes into `var/bench/`). It uses the "
