@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -176,16 +178,27 @@ def test_sqlite_0005_backfills_the_error_summary_and_downgrades(tmp_path: Path) 
     engine.dispose()
 
 
+@contextmanager
+def _scratch_database(pg_server_url: str, label: str) -> Iterator[str]:
+    """An empty database of its own (a test that migrates down must not touch the
+    session's database), dropped afterwards."""
+    name = f"les_test_{label}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.mark.postgres
 def test_postgres_0005_backfills_moves_the_search_index_and_downgrades(
     pg_server_url: str,
 ) -> None:
-    name = f"les_test_0005_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    with _scratch_database(pg_server_url, "0005") as url:
         upgrade(url, "0004")
         ids = _insert_failed_messages(url)
         stored, length = _stored_size(url, ids["long"])
@@ -212,10 +225,35 @@ def test_postgres_0005_backfills_moves_the_search_index_and_downgrades(
         assert before["columns"] == {"Data": ("x", "default"), "Error": ("x", "default")}
         upgrade(url)
         assert _summaries(url, ids) == SUMMARIES_AFTER_0005
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+
+
+# -- 0007: autovacuum keeps up with the outbox's churn -------------------------------------
+def _outbox_reloptions(url: str) -> set[str]:
+    engine = create_engine(normalize_url(url))
+    with engine.connect() as conn:
+        options = conn.execute(
+            text("SELECT reloptions FROM pg_class WHERE oid = '\"OutboxMessages\"'::regclass")
+        ).scalar_one()
+    engine.dispose()
+    return set(options or [])
+
+
+@pytest.mark.postgres
+def test_postgres_0007_vacuums_the_outbox_after_a_thousand_dead_rows(pg_server_url: str) -> None:
+    """PostgreSQL's default (dead rows worth 20 % of the table) would let a week of
+    processed messages pile up hundreds of thousands of dead row versions."""
+    with _scratch_database(pg_server_url, "0007") as url:
+        upgrade(url)
+        assert _outbox_reloptions(url) == {
+            "autovacuum_vacuum_threshold=1000",
+            "autovacuum_vacuum_scale_factor=0.01",
+            "autovacuum_analyze_threshold=1000",
+            "autovacuum_analyze_scale_factor=0.02",
+        }
+        downgrade(url, "0006")
+        assert _outbox_reloptions(url) == set()
+        upgrade(url)
+        assert len(_outbox_reloptions(url)) == 4
 
 
 def _stored_size(url: str, message_id: uuid.UUID) -> tuple[int, int]:
