@@ -321,6 +321,19 @@ def scenario_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _vacuum_lines(vacuum: dict[str, Any] | None) -> list[str]:
+    if not vacuum:  # results of runs before the harness recorded it
+        return []
+    if vacuum["server_autovacuum"] == "on":
+        return ["- PostgreSQL's autovacuum is on."]
+    return [
+        "- PostgreSQL's autovacuum is **off** on this server: the harness runs "
+        "`VACUUM (ANALYZE)` of its database before each run, outside the timed windows, "
+        f"as autovacuum would between them ({vacuum['runs']} times, {vacuum['seconds']} s "
+        "in all)."
+    ]
+
+
 def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> str:
     """The report; ``analysis`` (bench/ANALYSIS.md, written by hand) is appended."""
     m = results["machine"]
@@ -340,6 +353,7 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
         f"- Python {m['python']}, PostgreSQL {m['postgresql']}, Redis {m['redis']}; {m['os']}",
         "- Everything on this one machine: PostgreSQL, Redis, gunicorn, relay, worker **and** "
         "the load generator (its CPU share is in the tables, as % of one core).",
+        *_vacuum_lines(results.get("vacuum")),
         f"- Web: {s['web']['description']}; each scenario runs {s['duration_s']} s "
         f"after {s['warmup_s']} s of warm-up, at {', '.join(map(str, s['concurrencies']))} "
         "concurrent clients.",

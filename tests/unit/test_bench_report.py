@@ -116,10 +116,14 @@ def test_markdown_names_the_machine_and_marks_missed_targets() -> None:
         "started_at": "2026-01-01T00:00:00+00:00",
         "scenarios": [_row("register_free", 32, 1000.0, 10.0, 60.0)],
         "baseline": {"scenarios": []},
+        "vacuum": {"server_autovacuum": "off", "runs": 25, "seconds": 3.1},
     }
     results["targets"] = report.evaluate_targets(results)
     text = report.markdown(results, "bench/results/x.json")
     assert "2 CPU cores" in text
     assert "23.5 GB memory" in text
+    # a reader must know the harness stood in for autovacuum, and how often
+    assert "autovacuum is **off** on this server" in text
+    assert "(25 times, 3.1 s in all)" in text
     assert "| Registration POST p99 at 32 clients | 60.00 ms | <= 50 ms | **missed** |" in text
     assert "| register_free | 32 | 1,000 | 3,000 | post | 10.00 | 60.00 | 60.00 | 0 |" in text
