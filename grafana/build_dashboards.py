@@ -150,6 +150,24 @@ OUTBOX: list[Panel] = [
         [("time() - max by (process) (les_heartbeat_timestamp_seconds)", "{{process}}")],
         12,
     ),
+    (
+        "Outbox table row versions (autovacuum cleans the dead ones)",
+        "short",
+        [
+            ("max by (version) (les_outbox_table_rows)", "{{version}}"),
+            (
+                '1000 + 0.01 * max(les_outbox_table_rows{version="live"})',
+                "autovacuum threshold",
+            ),
+        ],
+        12,
+    ),
+    (
+        "Time since the outbox table was vacuumed",
+        "s",
+        [("time() - max(les_outbox_table_last_vacuum_timestamp_seconds)", "since vacuum")],
+        12,
+    ),
 ]
 
 CACHE: list[Panel] = [

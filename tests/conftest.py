@@ -14,6 +14,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,16 +60,25 @@ def pg_server_url() -> str:
 @pytest.fixture(scope="session")
 def pg_url(pg_server_url: str) -> Iterator[str]:
     """A fresh, migrated database of this test session."""
-    name = f"les_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with scratch_database(pg_server_url, str(os.getpid())) as url:
+        upgrade(url)
+        yield url
+
+
+@contextmanager
+def scratch_database(pg_server_url: str, label: str) -> Iterator[str]:
+    """An empty database of its own, dropped afterwards (a test that migrates down, or
+    needs a database no other test touches, must not use the session's)."""
+    name = f"les_test_{label}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def truncate_all(url: str) -> None:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -115,6 +116,51 @@ def test_overview_counts_rq_jobs_not_messages(
     html = client.get(BASE + "/").text
     assert '<dd id="queues">outbox: 2 jobs</dd>' in html
     assert "a job carries one or more outbox messages" in html
+
+
+def test_overview_shows_the_outbox_tables_row_versions_on_postgresql(
+    app: Flask, client: FlaskClient, login_as: LoginAs
+) -> None:
+    _insert(app, [dead_letter_row()])
+    login_as("viewer")
+    html = client.get(BASE + "/").text
+    if get_db(app).engine.dialect.name == "sqlite":
+        assert 'id="outbox-table"' not in html  # SQLite keeps no such statistics
+        return
+    assert re.search(
+        r'<dd id="outbox-table" class="">\d+ live, \d+ dead; '
+        r"(never vacuumed|vacuumed [\d.]+ (s|min|h) ago)</dd>",
+        html,
+    ), html
+
+
+def test_overview_warns_when_autovacuum_falls_behind(
+    app: Flask, client: FlaskClient, login_as: LoginAs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from webapp.adapters import outbox_relay
+
+    behind = {"live_rows": 100_000.0, "dead_rows": 250_000.0, "last_vacuum_timestamp": 0.0}
+    monkeypatch.setattr(outbox_relay, "table_upkeep", lambda _conn: behind)
+    login_as("viewer")
+    html = client.get(BASE + "/").text
+    assert '<dd id="outbox-table" class="op-bad">100000 live, 250000 dead; never vacuumed.' in html
+    assert "is autovacuum on, or held back by an old transaction?" in html
+
+
+def test_outbox_vacuum_is_overdue_at_five_times_autovacuums_threshold() -> None:
+    from webapp.services.dashboard import table_upkeep
+
+    now = datetime.now(UTC)
+    # 100,000 live rows: autovacuum starts at 2,000 dead ones (migration 0007)
+    behind = {"live_rows": 100_000.0, "dead_rows": 10_001.0, "last_vacuum_timestamp": 0.0}
+    upkeep = table_upkeep(behind, now)
+    assert upkeep is not None and upkeep.overdue and upkeep.vacuumed_ago is None
+    recent = now.timestamp() - 90
+    keeping_up = behind | {"dead_rows": 9_999.0, "last_vacuum_timestamp": recent}
+    upkeep = table_upkeep(keeping_up, now)
+    assert upkeep is not None and not upkeep.overdue
+    assert upkeep.vacuumed_ago == pytest.approx(90, abs=1)
+    assert table_upkeep(None, now) is None  # SQLite
 
 
 def test_dead_letters_filter_by_error_class_and_text(

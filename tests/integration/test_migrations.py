@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, insert, inspect, select, text
-from sqlalchemy.engine import make_url
 
+from tests.conftest import scratch_database
 from webapp.adapters.db import normalize_url
 from webapp.adapters.migrate import downgrade, upgrade
 from webapp.adapters.tables import metadata, outbox_messages
@@ -178,27 +176,11 @@ def test_sqlite_0005_backfills_the_error_summary_and_downgrades(tmp_path: Path) 
     engine.dispose()
 
 
-@contextmanager
-def _scratch_database(pg_server_url: str, label: str) -> Iterator[str]:
-    """An empty database of its own (a test that migrates down must not touch the
-    session's database), dropped afterwards."""
-    name = f"les_test_{label}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.mark.postgres
 def test_postgres_0005_backfills_moves_the_search_index_and_downgrades(
     pg_server_url: str,
 ) -> None:
-    with _scratch_database(pg_server_url, "0005") as url:
+    with scratch_database(pg_server_url, "0005") as url:
         upgrade(url, "0004")
         ids = _insert_failed_messages(url)
         stored, length = _stored_size(url, ids["long"])
@@ -242,7 +224,7 @@ def _outbox_reloptions(url: str) -> set[str]:
 def test_postgres_0007_vacuums_the_outbox_after_a_thousand_dead_rows(pg_server_url: str) -> None:
     """PostgreSQL's default (dead rows worth 20 % of the table) would let a week of
     processed messages pile up hundreds of thousands of dead row versions."""
-    with _scratch_database(pg_server_url, "0007") as url:
+    with scratch_database(pg_server_url, "0007") as url:
         upgrade(url)
         assert _outbox_reloptions(url) == {
             "autovacuum_vacuum_threshold=1000",

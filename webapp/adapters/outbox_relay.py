@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -282,4 +282,26 @@ def backlog(db: Session | Connection, now: datetime) -> dict[str, Any]:
         "retrying": retrying,
         "dead": dead,
         "oldest_pending_age_seconds": (now - oldest).total_seconds() if oldest else 0.0,
+    }
+
+
+def table_upkeep(conn: Connection) -> dict[str, float] | None:
+    """PostgreSQL's own account of the outbox table: its live and dead row versions
+    and when it was last vacuumed (by autovacuum or by hand; 0 if never). Every
+    message is updated three or four times, and dead versions that autovacuum leaves
+    behind slow the relay and the workers (migration 0007). ``None`` on SQLite,
+    which keeps no such statistics."""
+    if conn.dialect.name != "postgresql":
+        return None
+    row = conn.execute(
+        text(
+            "SELECT n_live_tup, n_dead_tup, "
+            "coalesce(extract(epoch FROM greatest(last_vacuum, last_autovacuum)), 0) "
+            "FROM pg_stat_user_tables WHERE relid = '\"OutboxMessages\"'::regclass"
+        )
+    ).one()
+    return {
+        "live_rows": float(row[0]),
+        "dead_rows": float(row[1]),
+        "last_vacuum_timestamp": float(row[2]),
     }

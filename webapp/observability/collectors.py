@@ -25,6 +25,8 @@ from webapp.observability.metrics import (
     HEARTBEAT_TIMESTAMP,
     OUTBOX_MESSAGES,
     OUTBOX_OLDEST_PENDING_SECONDS,
+    OUTBOX_TABLE_LAST_VACUUM,
+    OUTBOX_TABLE_ROWS,
     PROMOTIONS,
     WAITLIST_LENGTH,
 )
@@ -184,7 +186,7 @@ class BusinessGauges:
         return True
 
     def _refresh(self) -> None:
-        from webapp.adapters.outbox_relay import backlog
+        from webapp.adapters.outbox_relay import backlog, table_upkeep
 
         e = events.c
         waitlists = (
@@ -205,9 +207,15 @@ class BusinessGauges:
             figures = backlog(conn, datetime.now(UTC))
             waitlist_rows = conn.execute(waitlists).all()
             popular_rows = conn.execute(popular).all()
+            upkeep = table_upkeep(conn)
         for state in ("pending", "retrying", "dead"):
             OUTBOX_MESSAGES.labels(state=state).set(figures[state])
         OUTBOX_OLDEST_PENDING_SECONDS.set(max(0.0, figures["oldest_pending_age_seconds"]))
+        if upkeep is not None:  # PostgreSQL
+            table = "OutboxMessages"
+            OUTBOX_TABLE_ROWS.labels(table=table, version="live").set(upkeep["live_rows"])
+            OUTBOX_TABLE_ROWS.labels(table=table, version="dead").set(upkeep["dead_rows"])
+            OUTBOX_TABLE_LAST_VACUUM.labels(table=table).set(upkeep["last_vacuum_timestamp"])
         self._set_top(WAITLIST_LENGTH, "waitlist", waitlist_rows)
         self._set_top(EVENT_POPULARITY, "popularity", popular_rows)
         if self.redis_url:

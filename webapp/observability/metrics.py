@@ -42,6 +42,18 @@ OUTBOX_OLDEST_PENDING_SECONDS = Gauge(
     "Age of the oldest pending outbox message",
     multiprocess_mode="livemostrecent",
 )
+OUTBOX_TABLE_ROWS = Gauge(
+    "les_outbox_table_rows",
+    "Row versions of the outbox table by version (live / dead), from PostgreSQL",
+    ["table", "version"],
+    multiprocess_mode="livemostrecent",
+)
+OUTBOX_TABLE_LAST_VACUUM = Gauge(
+    "les_outbox_table_last_vacuum_timestamp_seconds",
+    "When PostgreSQL last vacuumed the outbox table (0: never since its statistics began)",
+    ["table"],
+    multiprocess_mode="livemostrecent",
+)
 RELAY_DISPATCH_SECONDS = Histogram(
     "les_relay_dispatch_latency_seconds",
     "Outbox message commit to RQ enqueue",

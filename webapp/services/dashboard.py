@@ -15,6 +15,7 @@ import redis
 from flask import current_app
 
 from webapp.adapters import dashboard_queries as q
+from webapp.adapters import outbox_relay
 from webapp.adapters.dashboard_queries import DeadLetterFilter
 from webapp.extensions import get_db
 from webapp.services.unit_of_work import utcnow
@@ -67,6 +68,41 @@ def line_chart(values: list[int], starts: list[datetime]) -> Chart:
     )
 
 
+#: migration 0007: autovacuum cleans the outbox after this many dead row versions plus
+#: this share of its live ones; the overview (and the LesOutboxNotVacuumed alert) call
+#: it overdue at five times that
+VACUUM_THRESHOLD_ROWS = 1000
+VACUUM_SCALE_FACTOR = 0.01
+VACUUM_OVERDUE_FACTOR = 5
+
+
+@dataclass
+class TableUpkeep:
+    """The outbox table as PostgreSQL counts it."""
+
+    live_rows: int
+    dead_rows: int
+    #: seconds since the last vacuum, None if never
+    vacuumed_ago: float | None
+
+    @property
+    def overdue(self) -> bool:
+        threshold = VACUUM_THRESHOLD_ROWS + VACUUM_SCALE_FACTOR * self.live_rows
+        return self.dead_rows > VACUUM_OVERDUE_FACTOR * threshold
+
+
+def table_upkeep(figures: dict[str, float] | None, now: datetime) -> TableUpkeep | None:
+    """From :func:`webapp.adapters.outbox_relay.table_upkeep` (None on SQLite)."""
+    if figures is None:
+        return None
+    last = figures["last_vacuum_timestamp"]
+    return TableUpkeep(
+        live_rows=int(figures["live_rows"]),
+        dead_rows=int(figures["dead_rows"]),
+        vacuumed_ago=max(now.timestamp() - last, 0.0) if last else None,
+    )
+
+
 @dataclass
 class Overview:
     counts: dict[str, int]
@@ -81,6 +117,7 @@ class Overview:
     workers_busy: int = 0
     redis_error: str | None = None
     now: datetime | None = None
+    table: TableUpkeep | None = None
 
 
 def overview(now: datetime | None = None) -> Overview:
@@ -89,6 +126,7 @@ def overview(now: datetime | None = None) -> Overview:
         counts = q.outbox_counts(conn)
         oldest = q.oldest_pending_created_at(conn)
         series = q.throughput(conn, now, counts=counts)
+        upkeep = outbox_relay.table_upkeep(conn)
     processed_total = sum(series.processed)
     result = Overview(
         counts=counts,
@@ -98,6 +136,7 @@ def overview(now: datetime | None = None) -> Overview:
         processed_chart=line_chart(series.processed, series.minute_starts),
         backlog_chart=line_chart(series.backlog, series.minute_starts),
         now=now,
+        table=table_upkeep(upkeep, now),
     )
     try:
         _background_state(result, now)
