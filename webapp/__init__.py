@@ -9,8 +9,9 @@ from typing import Any
 
 from flask import Flask
 
+from webapp.adapters.cookie_sessions import VerifiedCookieSessions
 from webapp.config import load_config
-from webapp.extensions import csrf, init_db, limiter, login_manager
+from webapp.extensions import csrf, init_db, limit_writes_only, limiter, login_manager
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,8 +61,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     observability.init_app(app)  # logs, traces (engine included), metrics
     csrf.init_app(app)
     csrf_tokens.init_app(app)  # signs the session's token once, not on every page
+    app.session_interface = VerifiedCookieSessions()  # verifies each cookie once
     login_manager.init_app(app)
     limiter.init_app(app)
+    limit_writes_only(app)
 
     from webapp import views
 

@@ -55,6 +55,27 @@ def test_request_log_line_is_json_with_ids_and_no_status_token(postgres_url, red
         get_db(app).dispose()
 
 
+@pytest.mark.redis
+@pytest.mark.parametrize(("rate", "kept_ok_lines"), [(0.0, 0), (1.0, 20)])
+def test_successful_requests_are_sampled_and_errors_always_logged(
+    sqlite_url, redis_url, capsys, rate, kept_ok_lines
+):
+    app = make_app(sqlite_url, redis_url, LOG_LEVEL="INFO", LOG_SAMPLE_RATE=rate)
+    try:
+        client = app.test_client()
+        capsys.readouterr()
+        for _ in range(20):
+            assert client.get("/").status_code == 200
+        assert client.get("/events/987654").status_code == 404
+        lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+        http = [x for x in lines if x["logger"] == "les.http"]
+        assert len([x for x in http if x["status"] == 200]) == kept_ok_lines
+        (missing,) = [x for x in http if x["status"] == 404]  # never sampled away
+        assert missing["route"] == "/events/<int:event_id>" and "sample_rate" not in missing
+    finally:
+        get_db(app).dispose()
+
+
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_scrape_shows_statements_promotions_and_top_waitlists(postgres_url, redis_url):

@@ -13,41 +13,21 @@ With a time limit set, every call signs afresh (a kept copy would expire early).
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 from flask import Flask, current_app, g, session
 from flask_wtf.csrf import generate_csrf
+
+from webapp.adapters.lru import LruMap
 
 _EXTENSION = "les.csrf_tokens"
 #: session tokens whose signed copy is kept (LRU): about 200 bytes each
 MAX_KEPT = 10_000
 
 
-class SignedTokens:
-    """A thread-safe LRU map: session token -> its signed copy."""
+class SignedTokens(LruMap[str, str]):
+    """Session token -> its signed copy, for the most recent ``max_kept`` sessions."""
 
     def __init__(self, max_kept: int = MAX_KEPT) -> None:
-        self.max_kept = max_kept
-        self._signed: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, raw: str) -> str | None:
-        with self._lock:
-            signed = self._signed.get(raw)
-            if signed is not None:
-                self._signed.move_to_end(raw)
-            return signed
-
-    def put(self, raw: str, signed: str) -> None:
-        with self._lock:
-            self._signed[raw] = signed
-            self._signed.move_to_end(raw)
-            while len(self._signed) > self.max_kept:
-                self._signed.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._signed)
+        super().__init__(max_kept)
 
 
 def _kept(app: Flask) -> SignedTokens | None:

@@ -93,10 +93,18 @@ def _request_ids(app: Flask) -> None:
         if request_id:
             response.headers["X-Request-ID"] = request_id
         started = g.get("les_started")
-        if started is not None and request.endpoint != "les_metrics":
-            status = response.status_code
+        if started is None or request.endpoint == "les_metrics":
+            return response
+        status = response.status_code
+        # successful requests are the high-volume lines: sampled, and decided before
+        # the record is built (most of them are dropped)
+        level = logging.WARNING if status >= 500 else logging.INFO
+        if not log.isEnabledFor(level):
+            return response
+        kept = logs.sample_now() if status < 400 else {}
+        if kept is not None:
             log.log(
-                logging.WARNING if status >= 500 else logging.INFO,
+                level,
                 "%s %s %s",
                 request.method,
                 request.path,
@@ -107,8 +115,7 @@ def _request_ids(app: Flask) -> None:
                     "route": request.url_rule.rule if request.url_rule else None,
                     "status": status,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    # successful requests are the high-volume lines: sampled
-                    "sample": status < 400,
+                    **kept,
                 },
             )
         return response

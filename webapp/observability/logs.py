@@ -28,6 +28,8 @@ correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 _HANDLER_NAME = "les-json"
 _SERVICE = {"name": "les-web"}
+#: the sampling filter of the installed handler (see :func:`sample_now`)
+_INSTALLED: dict[str, SamplingFilter | None] = {"sampler": None}
 
 EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
 #: the signed token of an attendee's status link is a bearer credential
@@ -134,12 +136,16 @@ class SamplingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno > logging.DEBUG and not getattr(record, "sample", False):
             return True
+        rate = self.decide()
+        if rate is not None and rate < 1.0:
+            record.sample_rate = rate
+        return rate is not None
+
+    def decide(self) -> float | None:
+        """One sampling decision: the rate when the line is kept, None when dropped."""
         if self.rate >= 1.0:
-            return True
-        keep = self._random.random() < self.rate
-        if keep:
-            record.sample_rate = self.rate
-        return keep
+            return 1.0
+        return self.rate if self._random.random() < self.rate else None
 
 
 class JsonFormatter(_BaseJsonFormatter):
@@ -212,6 +218,7 @@ def configure_logging(
         if existing.get_name() == _HANDLER_NAME:
             root.removeHandler(existing)
     handler = build_handler(sample_rate, stream)
+    _INSTALLED["sampler"] = next(f for f in handler.filters if isinstance(f, SamplingFilter))
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     return handler
@@ -224,6 +231,20 @@ def configure_from_config(config: dict[str, Any], service: str) -> logging.Handl
         float(config.get("LOG_SAMPLE_RATE", 1.0)),
         service,
     )
+
+
+def sample_now() -> dict[str, Any] | None:
+    """Decide before building it whether a high-volume line is kept: None when the
+    installed handler would drop it, else the ``extra`` fields that mark it as kept
+    (with its ``sample_rate`` when sampled). A caller that logs on every request
+    skips the record, its formatting and the filters for the lines sampling drops."""
+    sampler = _INSTALLED["sampler"]
+    if sampler is None:  # no JSON handler installed: a sampled line, decided later
+        return {"sample": True}
+    rate = sampler.decide()
+    if rate is None:
+        return None
+    return {"sample_rate": rate} if rate < 1.0 else {}
 
 
 @contextlib.contextmanager

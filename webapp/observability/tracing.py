@@ -157,7 +157,11 @@ def instrument_flask(app: Any) -> None:
         return
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
-    FlaskInstrumentor().instrument_app(app, excluded_urls="healthz,readyz,metrics,static")
+    # no SQL commenter (SQLAlchemy's is off too): it would put a new context in place
+    # on every request for tags nothing reads
+    FlaskInstrumentor().instrument_app(
+        app, excluded_urls="healthz,readyz,metrics,static", enable_commenter=False
+    )
 
 
 def flush_spans(timeout_ms: int = 2000) -> None:
