@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from webapp.adapters.tables import users
+from webapp.adapters.tables import registrations, users
 from webapp.domain.model import Attendee, Event, Registration, RegistrationStatus
 
 
@@ -44,6 +44,23 @@ class EventRepository:
             self.seen.add(event)
             if for_update:
                 self._locked[event_id] = event
+        return event
+
+    def lock_of_registration(self, registration_id: uuid.UUID) -> Event | None:
+        """The event a registration belongs to, locked until commit, found and locked
+        in one statement (a registration never changes event); None when there is no
+        such registration."""
+        event_of = select(registrations.c.EventId).where(registrations.c.Id == registration_id)
+        stmt = (
+            select(Event)
+            .where(Event.id == event_of.scalar_subquery())  # type: ignore[arg-type]
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        event = self.session.scalars(stmt).one_or_none()
+        if event is not None and event.id is not None:
+            self.seen.add(event)
+            self._locked[event.id] = event
         return event
 
 

@@ -6,10 +6,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from webapp.adapters.tables import registrations as registrations_table
 from webapp.domain import errors
 from webapp.domain.model import Attendee, Registration, RegistrationStatus
 from webapp.services.retry import with_retries
@@ -130,15 +128,9 @@ def cancel(uow_factory: UowFactory, registration_id: uuid.UUID) -> RegistrationO
 
     def attempt() -> RegistrationOutcome:
         with uow_factory() as uow:
-            event_id = uow.session.scalar(
-                select(registrations_table.c.EventId).where(
-                    registrations_table.c.Id == registration_id
-                )
-            )
-            if event_id is None:
+            event = uow.events.lock_of_registration(registration_id)
+            if event is None:
                 raise errors.RegistrationNotFound("This registration does not exist.")
-            event = uow.events.get(event_id, for_update=True)
-            assert event is not None  # the foreign key guarantees it
             registration = uow.registrations.get_current(registration_id)  # after the lock
             assert registration is not None
             event.cancel(registration, uow.now)
