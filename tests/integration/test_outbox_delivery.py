@@ -4,7 +4,7 @@ real SMTP server on loopback): mails, counters, idempotency, retries, dead lette
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -185,32 +185,95 @@ def test_one_job_of_several_messages_records_each_on_its_own(
     assert counters is not None and counters["Registrations"] == 4
 
 
+def one_job_listening(app: Flask, event_name: str, listener: Callable[..., None]) -> list[Any]:
+    """Every pending message handled in one job, with ``listener`` on the engine's
+    ``event_name`` meanwhile."""
+    from sqlalchemy import event as sa_event
+
+    engine = get_db(app).engine
+    ids = [r["Id"] for r in outbox(app)]
+    sa_event.listen(engine, event_name, listener)
+    try:
+        return deliverer(app).process_many(ids)
+    finally:
+        sa_event.remove(engine, event_name, listener)
+
+
 def test_a_message_takes_six_statements_in_a_job_of_twenty(mail_app: Flask) -> None:
     """Bookkeeping per message: the handlers' own SQL, one statement per handler to
     lock the row and check the inbox, one inbox row per handler; taking the job's
     messages over and marking them processed are one statement each per job."""
-    from sqlalchemy import event as sa_event
-
     event_id = new_event(mail_app, capacity=50)
     for i in range(20):
         register(mail_app, event_id, f"guest{i}")
-    ids = [r["Id"] for r in outbox(mail_app)]
-    engine = get_db(mail_app).engine
     seen: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if not statement.startswith(("BEGIN", "PRAGMA")):  # SQLite's transaction control
             seen.append(statement)
 
-    sa_event.listen(engine, "before_cursor_execute", count)
-    try:
-        outcomes = deliverer(mail_app).process_many(ids)
-    finally:
-        sa_event.remove(engine, "before_cursor_execute", count)
+    outcomes = one_job_listening(mail_app, "before_cursor_execute", count)
     assert {x.status for x in outcomes} == {"processed"}
     # per message: 2 handlers x (lock + inbox check, handler SQL, inbox row) = 6;
     # per job: take over, attempt rows, mark processed
     assert len(seen) == 6 * 20 + 3, seen[:12]
+
+
+def test_a_job_takes_one_connection_from_the_pool_for_all_its_transactions(
+    mail_app: Flask, smtp: SmtpSink
+) -> None:
+    event_id = new_event(mail_app, capacity=50)
+    for i in range(5):
+        register(mail_app, event_id, f"pooled{i}")
+    checkouts: list[int] = []
+
+    def on_checkout(*_args: Any) -> None:
+        checkouts.append(1)
+
+    outcomes = one_job_listening(mail_app, "checkout", on_checkout)
+    # take over, 5 x 2 handler transactions, bookkeeping: 12 transactions, 1 checkout
+    assert [x.status for x in outcomes] == ["processed"] * 5
+    assert len(checkouts) == 1
+    assert all(len(smtp.to(f"pooled{i}@example.test")) == 1 for i in range(5))
+
+
+@pytest.mark.postgres
+def test_a_connection_broken_in_the_middle_of_a_job_is_replaced(
+    postgres_url: str, redis_url: str, smtp: SmtpSink
+) -> None:
+    """A database restart kills the job's connection between two messages: the
+    message being handled fails (and is retried later); the next ones run on a new
+    connection, nothing is lost."""
+    from sqlalchemy import text
+
+    app = make_app(postgres_url, redis_url, OUTBOX_RETRY_DELAY_SECONDS=0.1, **smtp.config())
+    try:
+        event_id = new_event(app, capacity=50)
+        for i in range(3):
+            register(app, event_id, f"broken{i}")
+        ids = [r["Id"] for r in outbox(app)]
+        worker = deliverer(app)
+        original = worker._run_handler
+        killed: list[int] = []
+
+        def kill_once_then_run(mid: uuid.UUID, handler: Any, message: Any) -> None:
+            if mid == ids[1] and not killed:
+                pid = worker._job.conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+                with get_db(app).engine.connect() as other:
+                    other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+                killed.append(pid)
+            original(mid, handler, message)
+
+        worker._run_handler = kill_once_then_run  # type: ignore[method-assign]
+        outcomes = worker.process_many(ids)
+        assert killed
+        assert [x.status for x in outcomes] == ["processed", "retry", "processed"]
+        with get_db(app).engine.begin() as conn:  # due again now
+            conn.execute(update(outbox_messages).values(NextRetryAt=None))
+        assert deliverer(app).process_many([ids[1]])[0].status == "processed"
+        assert all(len(smtp.to(f"broken{i}@example.test")) == 1 for i in range(3))
+    finally:
+        get_db(app).dispose()
 
 
 def test_failing_mail_is_retried_with_backoff_then_dead_lettered(

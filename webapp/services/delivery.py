@@ -10,6 +10,7 @@ already processed does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -176,6 +177,33 @@ class Deliverer:
         self.secret_key = str(config.get("SECRET_KEY", ""))
         self.retry_delay_seconds = float(config.get("OUTBOX_RETRY_DELAY_SECONDS", 5.0))
         self.worker_name = worker_name or default_worker_name()
+        #: the connection the current job's transactions share, per thread (the web
+        #: runs inline handlers in its request threads)
+        self._job = threading.local()
+
+    @contextlib.contextmanager
+    def _one_connection(self) -> Iterator[None]:
+        """The transactions of one job (taking the messages over, each handler, the
+        bookkeeping) share one pooled connection: a checkout per transaction, with
+        its reset and its trace span, cost more than many handlers' statements. If
+        the connection breaks (a database restart), SQLAlchemy invalidates it and the
+        next transaction gets a new one from the pool."""
+        if getattr(self._job, "conn", None) is not None:  # already inside a job
+            yield
+            return
+        self._job.conn = self.db.write_sessions.kw["bind"].connect()
+        try:
+            yield
+        finally:
+            conn, self._job.conn = self._job.conn, None
+            conn.close()
+
+    def _session(self) -> Session:
+        """A session for one transaction: on the job's connection inside a job."""
+        conn = getattr(self._job, "conn", None)
+        if conn is None:
+            return self.db.write_sessions()
+        return self.db.write_sessions(bind=conn)
 
     def process(
         self,
@@ -201,9 +229,17 @@ class Deliverer:
         message; a failure is recorded at once; the messages that succeeded are
         marked processed together, with their attempt rows, in one transaction at
         the end. Outcomes come back in the order of ``message_ids``."""
+        with self._one_connection():
+            return self._process_many(message_ids, trace_contexts or {}, lease_seconds)
+
+    def _process_many(
+        self,
+        message_ids: Sequence[str | uuid.UUID],
+        contexts: Mapping[str, str | None],
+        lease_seconds: float,
+    ) -> list[Outcome]:
         ids = [m if isinstance(m, uuid.UUID) else uuid.UUID(str(m)) for m in message_ids]
-        contexts = trace_contexts or {}
-        with self.db.write_sessions() as session, session.begin():
+        with self._session() as session, session.begin():
             taken = outbox_relay.take_over_many(
                 session, ids, self.worker_name, utcnow(), lease_seconds
             )
@@ -272,7 +308,7 @@ class Deliverer:
         return _Attempt(mid, type_name, started_at, duration, failure)
 
     def _run_handler(self, mid: uuid.UUID, handler: messagebus.AsyncHandler, message: Any) -> None:
-        with self.db.write_sessions() as session:
+        with self._session() as session:
             try:
                 if not outbox_relay.lock_for_handler(session, mid, handler.name):
                     return  # processed meanwhile, or this handler already ran
@@ -299,7 +335,7 @@ class Deliverer:
         """Every handler of these messages succeeded: their attempt rows and
         ``ProcessedAt`` in one transaction (a message processed meanwhile by another
         worker is ``skipped``)."""
-        with self.db.write_sessions() as session, session.begin():
+        with self._session() as session, session.begin():
             outbox_relay.record_attempts(
                 session,
                 [
@@ -324,7 +360,7 @@ class Deliverer:
         now = utcnow()
         error_type = type(failure).__name__
         error_text = _describe(failure)
-        with self.db.write_sessions() as session, session.begin():
+        with self._session() as session, session.begin():
             current = outbox_relay.lock(session, mid)
             outbox_relay.record_attempts(
                 session,
