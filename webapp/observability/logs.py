@@ -28,8 +28,6 @@ correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 _HANDLER_NAME = "les-json"
 _SERVICE = {"name": "les-web"}
-#: the sampling filter of the installed handler (see :func:`sample_now`)
-_INSTALLED: dict[str, SamplingFilter | None] = {"sampler": None}
 
 EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
 #: the signed token of an attendee's status link is a bearer credential
@@ -218,7 +216,6 @@ def configure_logging(
         if existing.get_name() == _HANDLER_NAME:
             root.removeHandler(existing)
     handler = build_handler(sample_rate, stream)
-    _INSTALLED["sampler"] = next(f for f in handler.filters if isinstance(f, SamplingFilter))
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     return handler
@@ -233,12 +230,22 @@ def configure_from_config(config: dict[str, Any], service: str) -> logging.Handl
     )
 
 
+def _installed_sampler() -> SamplingFilter | None:
+    """The sampling filter of the JSON handler on the root logger, if one is installed."""
+    for handler in logging.getLogger().handlers:
+        if handler.get_name() == _HANDLER_NAME:
+            for found in handler.filters:
+                if isinstance(found, SamplingFilter):
+                    return found
+    return None
+
+
 def sample_now() -> dict[str, Any] | None:
     """Decide before building it whether a high-volume line is kept: None when the
     installed handler would drop it, else the ``extra`` fields that mark it as kept
     (with its ``sample_rate`` when sampled). A caller that logs on every request
     skips the record, its formatting and the filters for the lines sampling drops."""
-    sampler = _INSTALLED["sampler"]
+    sampler = _installed_sampler()
     if sampler is None:  # no JSON handler installed: a sampled line, decided later
         return {"sample": True}
     rate = sampler.decide()
