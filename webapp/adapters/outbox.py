@@ -48,5 +48,8 @@ def write_outbox(
     """
     rows = [outbox_row(m, now, trace_context, max_retries) for m in messages]
     if rows:
-        session.execute(insert(outbox_messages), rows)
+        session.execute(_INSERT, rows)
     return rows
+
+
+_INSERT = insert(outbox_messages)

@@ -1,6 +1,11 @@
 """Outbox queries of the relay and the workers: claim due messages under a lease,
 mark them dispatched / processed / failed, and the backlog figures for health and
 metrics. The ``OutboxMessages`` table is the truth; Redis only carries jobs.
+
+The statements of the hot path (every registration's message passes through them)
+are built once per process with bound parameters and reused: building a statement
+and computing its cache key cost about as much CPU as executing it (in-process,
+a 3-table select: 0.55-0.73 ms built per call, 0.23-0.37 ms prebuilt).
 """
 
 from __future__ import annotations
@@ -9,11 +14,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
+from sqlalchemy.sql.elements import BindParameter
 
 from webapp.adapters.tables import outbox_attempts, outbox_messages, processed_messages
 
@@ -49,7 +57,9 @@ def pending_clause() -> Any:
     return and_(o.ProcessedAt.is_(None), o.DeadLetteredAt.is_(None), o.ArchivedAt.is_(None))
 
 
-def due_clause(now: datetime) -> Any:
+def due_clause(now: datetime | BindParameter[Any]) -> Any:
+    """Pending, not waiting for a retry, not leased at ``now`` (a value or a bound
+    parameter)."""
     return and_(
         pending_clause(),
         or_(o.NextRetryAt.is_(None), o.NextRetryAt <= now),
@@ -68,24 +78,38 @@ def claim(
     the write transaction (``BEGIN IMMEDIATE``) serializes claimers.
     Call inside a transaction and commit right after.
     """
+    stmt = _claim_stmt(_is_postgresql(session))
+    params = {"now": now, "limit": limit}
+    rows = [Claimed(*row) for row in session.execute(stmt, params)]
+    if rows:
+        until = now + timedelta(seconds=lease_seconds)
+        params = {"ids": [r.id for r in rows], "until": until, "relay": relay}
+        session.execute(_LEASE_TO_RELAY, params)
+    return rows
+
+
+def _is_postgresql(session: Session) -> bool:
+    return bool(session.get_bind().dialect.name == "postgresql")
+
+
+@cache
+def _claim_stmt(postgresql: bool) -> Executable:
     stmt = (
         select(
             o.Id, o.Type, o.CreatedAt, o.TraceContext, o.DispatchedAt, o.RetryCount, o.ReplayCount
         )
-        .where(due_clause(now))
+        .where(due_clause(bindparam("now")))
         .order_by(o.CreatedAt)
-        .limit(limit)
+        .limit(bindparam("limit"))
     )
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
-    rows = [Claimed(*row) for row in session.execute(stmt)]
-    if rows:
-        session.execute(
-            update(outbox_messages)
-            .where(o.Id.in_([r.id for r in rows]))
-            .values(LockedUntil=now + timedelta(seconds=lease_seconds), LockedBy=relay)
-        )
-    return rows
+    return stmt.with_for_update(skip_locked=True) if postgresql else stmt
+
+
+_LEASE_TO_RELAY = (
+    update(outbox_messages)
+    .where(o.Id.in_(bindparam("ids", expanding=True)))
+    .values(LockedUntil=bindparam("until"), LockedBy=bindparam("relay"))
+)
 
 
 def mark_dispatched(
@@ -93,11 +117,20 @@ def mark_dispatched(
 ) -> None:
     """The jobs are in Redis: keep the lease (the visibility timeout of the job)."""
     if ids:
-        session.execute(
-            update(outbox_messages)
-            .where(o.Id.in_(list(ids)), o.LockedBy == relay, o.ProcessedAt.is_(None))
-            .values(DispatchedAt=now, LockedUntil=now + timedelta(seconds=lease_seconds))
-        )
+        until = now + timedelta(seconds=lease_seconds)
+        params = {"ids": list(ids), "relay": relay, "now": now, "until": until}
+        session.execute(_MARK_DISPATCHED, params)
+
+
+_MARK_DISPATCHED = (
+    update(outbox_messages)
+    .where(
+        o.Id.in_(bindparam("ids", expanding=True)),
+        o.LockedBy == bindparam("relay"),
+        o.ProcessedAt.is_(None),
+    )
+    .values(DispatchedAt=bindparam("now"), LockedUntil=bindparam("until"))
+)
 
 
 def extend_lease(session: Session, ids: Sequence[uuid.UUID], relay: str, until: datetime) -> None:
@@ -143,17 +176,21 @@ def take_over_many(
     (processed, dead-lettered, archived) or do not exist are left out."""
     if not message_ids:
         return {}
-    rows = session.execute(
-        update(outbox_messages)
-        .where(o.Id.in_(list(message_ids)), pending_clause())
-        .values(
-            LockedUntil=now + timedelta(seconds=lease_seconds),
-            LockedBy=worker,
-            DispatchedAt=func.coalesce(o.DispatchedAt, now),
-        )
-        .returning(o.Id, o.Type, o.Data, o.TraceContext)
+    until = now + timedelta(seconds=lease_seconds)
+    params = {"ids": list(message_ids), "until": until, "worker": worker, "now": now}
+    return {row.Id: dict(row._mapping) for row in session.execute(_TAKE_OVER, params)}
+
+
+_TAKE_OVER = (
+    update(outbox_messages)
+    .where(o.Id.in_(bindparam("ids", expanding=True)), pending_clause())
+    .values(
+        LockedUntil=bindparam("until"),
+        LockedBy=bindparam("worker"),
+        DispatchedAt=func.coalesce(o.DispatchedAt, bindparam("now", type_=o.DispatchedAt.type)),
     )
-    return {row.Id: dict(row._mapping) for row in rows}
+    .returning(o.Id, o.Type, o.Data, o.TraceContext)
+)
 
 
 def types_of(
@@ -172,16 +209,42 @@ def lock_for_handler(session: Session, message_id: uuid.UUID, handler: str) -> b
     """Lock the message's row for one handler's transaction; True if the handler
     still has to run (the message is not processed and its inbox has no row for
     ``handler``). One statement: the row lock and the inbox check together."""
+    params = {"id": message_id, "handler": handler}
+    row = session.execute(_lock_for_handler_stmt(_is_postgresql(session)), params).first()
+    return row is not None and bool(row[0]) and not row[1]
+
+
+@cache
+def _lock_for_handler_stmt(postgresql: bool) -> Executable:
     done = (
         select(processed_messages.c.MessageId)
-        .where(processed_messages.c.MessageId == o.Id, processed_messages.c.Handler == handler)
+        .where(
+            processed_messages.c.MessageId == o.Id,
+            processed_messages.c.Handler == bindparam("handler"),
+        )
         .exists()
     )
-    stmt = select(o.ProcessedAt.is_(None), done).where(o.Id == message_id)
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=outbox_messages)
-    row = session.execute(stmt).first()
-    return row is not None and bool(row[0]) and not row[1]
+    stmt = select(o.ProcessedAt.is_(None), done).where(o.Id == bindparam("id"))
+    return stmt.with_for_update(of=outbox_messages) if postgresql else stmt
+
+
+def handler_done(session: Session, message_id: uuid.UUID, handler: str) -> bool:
+    """Whether the message's inbox has a row for ``handler`` (it ran and committed)."""
+    params = {"id": message_id, "handler": handler}
+    return session.execute(_HANDLER_DONE, params).first() is not None
+
+
+def mark_handler_done(session: Session, message_id: uuid.UUID, handler: str, now: datetime) -> None:
+    """Add ``handler`` to the message's inbox, in the handler's own transaction."""
+    params = {"MessageId": message_id, "Handler": handler, "ProcessedAt": now}
+    session.execute(_MARK_HANDLER_DONE, params)
+
+
+_HANDLER_DONE = select(processed_messages.c.MessageId).where(
+    processed_messages.c.MessageId == bindparam("id"),
+    processed_messages.c.Handler == bindparam("handler"),
+)
+_MARK_HANDLER_DONE = insert(processed_messages)
 
 
 @dataclass(frozen=True)
@@ -198,7 +261,7 @@ class Attempt:
 
 def record_attempts(session: Session, attempts: Sequence[Attempt]) -> None:
     session.execute(
-        insert(outbox_attempts),
+        _INSERT_ATTEMPT,
         [
             {
                 "MessageId": a.message_id,
@@ -214,18 +277,24 @@ def record_attempts(session: Session, attempts: Sequence[Attempt]) -> None:
     )
 
 
+_INSERT_ATTEMPT = insert(outbox_attempts)
+
+
 def mark_processed_many(
     session: Session, message_ids: Sequence[uuid.UUID], now: datetime
 ) -> set[uuid.UUID]:
     """Mark these messages processed; returns the ids it marked (not those another
     worker marked first)."""
-    rows = session.execute(
-        update(outbox_messages)
-        .where(o.Id.in_(list(message_ids)), o.ProcessedAt.is_(None))
-        .values(ProcessedAt=now, LockedUntil=None, LockedBy=None, NextRetryAt=None)
-        .returning(o.Id)
-    )
+    rows = session.execute(_MARK_PROCESSED, {"ids": list(message_ids), "now": now})
     return {row.Id for row in rows}
+
+
+_MARK_PROCESSED = (
+    update(outbox_messages)
+    .where(o.Id.in_(bindparam("ids", expanding=True)), o.ProcessedAt.is_(None))
+    .values(ProcessedAt=bindparam("now"), LockedUntil=None, LockedBy=None, NextRetryAt=None)
+    .returning(o.Id)
+)
 
 
 def mark_failed(

@@ -1,12 +1,18 @@
-"""Repositories for the write side: load aggregates (locked when they will change)."""
+"""Repositories for the write side: load aggregates (locked when they will change).
+
+The statements every registration and cancellation runs are built once per process
+(after the mappers are configured) with bound parameters, not per call: building a
+statement and its cache key costs about as much CPU as executing it.
+"""
 
 from __future__ import annotations
 
 import uuid
+from functools import cache
 
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
 
 from webapp.adapters.tables import registrations, users
 from webapp.domain.model import Attendee, Event, Registration, RegistrationStatus
@@ -36,10 +42,7 @@ class EventRepository:
         change it) and later ``for_update`` calls return it without a query."""
         if for_update and event_id in self._locked:
             return self._locked[event_id]
-        stmt = select(Event).where(Event.id == event_id)  # type: ignore[arg-type]
-        if for_update:
-            stmt = stmt.with_for_update().execution_options(populate_existing=True)
-        event = self.session.scalars(stmt).one_or_none()
+        event = self.session.scalars(_event_stmt(for_update), {"id": event_id}).one_or_none()
         if event is not None:
             self.seen.add(event)
             if for_update:
@@ -50,18 +53,31 @@ class EventRepository:
         """The event a registration belongs to, locked until commit, found and locked
         in one statement (a registration never changes event); None when there is no
         such registration."""
-        event_of = select(registrations.c.EventId).where(registrations.c.Id == registration_id)
-        stmt = (
-            select(Event)
-            .where(Event.id == event_of.scalar_subquery())  # type: ignore[arg-type]
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-        event = self.session.scalars(stmt).one_or_none()
+        stmt = _event_of_registration_stmt()
+        event = self.session.scalars(stmt, {"id": registration_id}).one_or_none()
         if event is not None and event.id is not None:
             self.seen.add(event)
             self._locked[event.id] = event
         return event
+
+
+@cache
+def _event_stmt(for_update: bool) -> Executable:
+    stmt = select(Event).where(Event.id == bindparam("id"))  # type: ignore[arg-type]
+    if for_update:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return stmt
+
+
+@cache
+def _event_of_registration_stmt() -> Executable:
+    event_of = select(registrations.c.EventId).where(registrations.c.Id == bindparam("id"))
+    return (
+        select(Event)
+        .where(Event.id == event_of.scalar_subquery())  # type: ignore[arg-type]
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
 
 
 class RegistrationRepository:
@@ -77,12 +93,8 @@ class RegistrationRepository:
     def get_current(self, registration_id: uuid.UUID) -> Registration | None:
         """Load from the database even if already in the session (e.g. after taking
         the event lock, to see what a concurrent transaction committed)."""
-        stmt = (
-            select(Registration)
-            .where(Registration.id == registration_id)  # type: ignore[arg-type]
-            .execution_options(populate_existing=True)
-        )
-        return self.session.scalars(stmt).one_or_none()
+        stmt = _current_registration_stmt()
+        return self.session.scalars(stmt, {"id": registration_id}).one_or_none()
 
     def active_for(self, event_id: int, attendee_id: uuid.UUID) -> Registration | None:
         stmt = select(Registration).where(
@@ -112,16 +124,30 @@ class RegistrationRepository:
         """The first ``limit`` waiting registrations in queue order (uses the partial index)."""
         if limit <= 0:
             return []
-        stmt = (
-            select(Registration)
-            .where(
-                Registration.event_id == event_id,  # type: ignore[arg-type]
-                Registration.status == RegistrationStatus.WAITLISTED,  # type: ignore[arg-type]
-            )
-            .order_by(Registration.queue_key)  # type: ignore[arg-type]
-            .limit(limit)
+        params = {"event_id": event_id, "limit": limit}
+        return list(self.session.scalars(_waitlist_head_stmt(), params))
+
+
+@cache
+def _current_registration_stmt() -> Executable:
+    return (
+        select(Registration)
+        .where(Registration.id == bindparam("id"))  # type: ignore[arg-type]
+        .execution_options(populate_existing=True)
+    )
+
+
+@cache
+def _waitlist_head_stmt() -> Executable:
+    return (
+        select(Registration)
+        .where(
+            Registration.event_id == bindparam("event_id"),  # type: ignore[arg-type]
+            Registration.status == RegistrationStatus.WAITLISTED,  # type: ignore[arg-type]
         )
-        return list(self.session.scalars(stmt))
+        .order_by(Registration.queue_key)  # type: ignore[arg-type]
+        .limit(bindparam("limit"))
+    )
 
 
 class AttendeeRepository:
@@ -142,16 +168,35 @@ class AttendeeRepository:
         """The id and stored name of the attendee with this email, inserting them when
         new: one statement (``INSERT ... ON CONFLICT (Email) DO UPDATE ... RETURNING``).
         An existing attendee keeps their name."""
-        insert = (
-            postgresql.insert
-            if self.session.get_bind().dialect.name == "postgresql"
-            else (sqlite.insert)
-        )
-        stmt = insert(users).values(
-            Id=attendee.id, Name=attendee.name, Email=attendee.email, CreatedAt=attendee.created_at
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[users.c.Email], set_={"Email": stmt.excluded.Email}
-        ).returning(users.c.Id, users.c.Name)
-        row = self.session.execute(stmt).one()
+        params = {
+            "id": attendee.id,
+            "name": attendee.name,
+            "email": attendee.email,
+            "created_at": attendee.created_at,
+        }
+        row = self.session.execute(_ensure_attendee_stmt(), params).one()
         return uuid.UUID(str(row.Id)), str(row.Name)
+
+
+@cache
+def _ensure_attendee_stmt() -> Executable:
+    """The attendee upsert, in the syntax PostgreSQL and SQLite share. Written as
+    text because SQLAlchemy never caches the compiled form of its dialects'
+    ``insert().on_conflict_do_update()`` (their ``Insert`` sets ``inherit_cache =
+    False``): built that way, it was compiled again on every registration."""
+    u = users.c
+    return (
+        text(
+            'INSERT INTO "Users" ("Id", "Name", "Email", "CreatedAt") '
+            "VALUES (:id, :name, :email, :created_at) "
+            'ON CONFLICT ("Email") DO UPDATE SET "Email" = excluded."Email" '
+            'RETURNING "Id", "Name"'
+        )
+        .bindparams(
+            bindparam("id", type_=u.Id.type),
+            bindparam("name", type_=u.Name.type),
+            bindparam("email", type_=u.Email.type),
+            bindparam("created_at", type_=u.CreatedAt.type),
+        )
+        .columns(u.Id, u.Name)
+    )

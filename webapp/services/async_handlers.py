@@ -9,11 +9,12 @@ recipient with ``first_time`` and commits after each send with ``checkpoint``.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, Protocol
 
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
 
 from webapp.adapters import queries
 from webapp.adapters.tables import event_stats
@@ -120,19 +121,28 @@ def count_popularity(message: Any, ctx: HandlerContext) -> None:
 def _increment_stats(session: Session, event_id: int, increments: dict[str, int]) -> None:
     from webapp.services.unit_of_work import utcnow
 
-    now = utcnow()
-    dialect = session.get_bind().dialect.name
-    values = {"EventId": event_id, "UpdatedAt": now, **increments}
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(event_stats).values(values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["EventId"],
-        set_={
-            "UpdatedAt": now,
-            **{k: getattr(event_stats.c, k) + v for k, v in increments.items()},
-        },
+    stmt = _increment_stmt(tuple(sorted(increments.items())))
+    session.execute(stmt, {"event_id": event_id, "now": utcnow()})
+
+
+@cache
+def _increment_stmt(increments: tuple[tuple[str, int], ...]) -> Executable:
+    """The upsert adding ``increments`` to an event's counters, in the syntax
+    PostgreSQL and SQLite share; built once per kind of message, as text because
+    SQLAlchemy never caches a compiled ``on_conflict_do_update()``."""
+    columns = [name for name, _ in increments]
+    assert all(name in event_stats.c for name in columns), columns  # never user input
+    names = "".join(f', "{name}"' for name in columns)
+    values = "".join(f", {int(step)}" for _, step in increments)
+    added = "".join(f', "{name}" = "EventStats"."{name}" + excluded."{name}"' for name in columns)
+    return text(
+        f'INSERT INTO "EventStats" ("EventId", "UpdatedAt"{names}) '
+        f"VALUES (:event_id, :now{values}) "
+        f'ON CONFLICT ("EventId") DO UPDATE SET "UpdatedAt" = excluded."UpdatedAt"{added}'
+    ).bindparams(
+        bindparam("event_id", type_=event_stats.c.EventId.type),
+        bindparam("now", type_=event_stats.c.UpdatedAt.type),
     )
-    session.execute(stmt)
 
 
 def event_popularity(session: Session, limit: int = 10) -> list[dict[str, Any]]:

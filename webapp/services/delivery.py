@@ -28,11 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from webapp.adapters import outbox_relay
-from webapp.adapters.tables import processed_messages
 from webapp.domain.messages import from_dict
 from webapp.observability.metrics import (
     HANDLER_FAILURES,
@@ -124,16 +122,9 @@ class HandlerRun:
         return status_links.status_url(self._base, self._secret, registration_id)
 
     def first_time(self, key: str) -> bool:
-        seen = self.session.execute(
-            select(processed_messages.c.MessageId).where(
-                processed_messages.c.MessageId == self._id, processed_messages.c.Handler == key
-            )
-        ).first()
-        if seen is not None:
+        if outbox_relay.handler_done(self.session, self._id, key):
             return False
-        self.session.execute(
-            insert(processed_messages).values(MessageId=self._id, Handler=key, ProcessedAt=utcnow())
-        )
+        outbox_relay.mark_handler_done(self.session, self._id, key, utcnow())
         return True
 
     def checkpoint(self) -> None:
@@ -321,11 +312,7 @@ class Deliverer:
                     self.waitlist_notice_max_position,
                 )
                 handler.func(message, ctx)
-                session.execute(
-                    insert(processed_messages).values(
-                        MessageId=mid, Handler=handler.name, ProcessedAt=utcnow()
-                    )
-                )
+                outbox_relay.mark_handler_done(session, mid, handler.name, utcnow())
                 session.commit()
             except BaseException:
                 session.rollback()
