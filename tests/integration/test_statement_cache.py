@@ -90,3 +90,12 @@ def test_a_registrations_statements_are_compiled_once(app: Flask) -> None:
             select(outbox_messages.c.Id).where(outbox_messages.c.ProcessedAt.is_(None))
         ).all()
     assert pending == []
+
+
+def test_the_counter_upsert_takes_only_the_tables_own_columns() -> None:
+    from webapp.services.async_handlers import _increment_stmt
+
+    with pytest.raises(ValueError, match="not a counter"):
+        _increment_stmt((('Registrations" = 0; --', 1),))
+    sql = str(_increment_stmt((("Cancellations", 1),)))
+    assert '"Cancellations" = "EventStats"."Cancellations" + excluded."Cancellations"' in sql
