@@ -156,7 +156,7 @@ def lock(session: Session, message_id: uuid.UUID) -> dict[str, Any] | None:
     """The message row, locked for this transaction (no-op lock on SQLite, whose
     write transaction already excludes every other writer)."""
     stmt = select(outbox_messages).where(o.Id == message_id)
-    if session.get_bind().dialect.name == "postgresql":
+    if _is_postgresql(session):
         stmt = stmt.with_for_update()
     row = session.execute(stmt).first()
     return dict(row._mapping) if row else None
