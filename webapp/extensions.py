@@ -78,6 +78,12 @@ class Database:
             max_retries=int(config.get("OUTBOX_MAX_RETRIES", 3)),
         )
 
+    @property
+    def write_engine(self) -> Engine:
+        """The engine the write sessions are bound to (on SQLite it begins every
+        transaction with ``BEGIN IMMEDIATE``)."""
+        return self.write_sessions.kw["bind"]  # type: ignore[no-any-return]
+
     def dispose(self, timeout: float = 10.0) -> None:
         """Let background work that holds connections finish, then close the pool
         (tests, and processes that shut down)."""

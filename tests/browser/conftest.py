@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
-from tests.conftest import CI, make_app
+from tests.conftest import make_app, service_missing
 from webapp.extensions import get_db
 
 CHROMIUM = os.environ.get("PLAYWRIGHT_CHROMIUM_EXECUTABLE", "/usr/bin/chromium")
@@ -42,10 +42,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
     if not os.path.exists(CHROMIUM):
-        message = f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)"
-        if CI:
-            pytest.fail(f"{message}; CI=true: the browser tests must run")
-        pytest.skip(message)
+        service_missing("Chromium", FileNotFoundError(f"{CHROMIUM} (apt-get install -y chromium)"))
     return {
         **browser_type_launch_args,
         "executable_path": CHROMIUM,

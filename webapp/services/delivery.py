@@ -182,7 +182,7 @@ class Deliverer:
         if getattr(self._job, "conn", None) is not None:  # already inside a job
             yield
             return
-        self._job.conn = self.db.write_sessions.kw["bind"].connect()
+        self._job.conn = self.db.write_engine.connect()
         try:
             yield
         finally:
