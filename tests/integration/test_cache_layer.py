@@ -326,3 +326,31 @@ def test_a_writers_own_value_is_stored_only_right_after_the_generation_it_read(
     late = {counts: ({"confirmed_count": 3}, seen)}
     assert layer.invalidate_and_store({counts.key}, late) == set()  # ... keeps it out
     assert layer.get(counts, lambda: {"confirmed_count": 4}) == {"confirmed_count": 4}
+
+
+def test_a_writers_new_hash_field_joins_the_hash_only_under_the_generation_it_read(
+    client: redis.Redis,
+) -> None:
+    """A new waiting registration's position is added to its event's cached positions
+    (a key the write does not invalidate) only if no invalidation of that key came
+    after the generation read before the commit; the other positions stay."""
+    layer = make_layer(client)
+    key = f"waitlist:{uuid.uuid4().hex[:6]}"
+    first, second, third = (Slot(WAITLIST_POSITIONS, key, field=str(q)) for q in (1, 2, 3))
+    assert layer.get(first, lambda: 1) == 1
+    [seen] = layer.generations([key]).values()  # type: ignore[union-attr]
+
+    stored = layer.invalidate_and_store({"counts:1"}, {second: (2, seen)})
+    assert stored == {second}
+    assert layer.get(second, lambda: pytest.fail("stored with the commit")) == 2
+    assert layer.get(first, lambda: pytest.fail("kept")) == 1
+
+    assert layer.invalidate({key})  # someone left the waitlist: every position moved
+    assert layer.invalidate_and_store({"counts:1"}, {third: (3, seen)}) == set()
+    assert client.hget(layer.prefix + key, "3") is None
+    assert layer.get(third, lambda: 2) == 2  # loaded afresh
+
+    # a write that invalidates the key itself stores none of its fields
+    [now] = layer.generations([key]).values()  # type: ignore[union-attr]
+    assert layer.invalidate_and_store({key}, {first: (1, now)}) == set()
+    assert client.exists(layer.prefix + key) == 0

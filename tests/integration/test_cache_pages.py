@@ -170,6 +170,42 @@ def test_a_new_registrations_record_is_cached_as_it_commits(
         assert cached == queries.registration_record(conn, again.registration_id)
 
 
+def test_a_waiting_registrations_position_is_cached_as_it_commits(
+    app: Flask,
+    client: FlaskClient,
+    create_event: Callable[..., int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Joining a waitlist stores the new place with the commit, beside the positions
+    already cached for the event: the status page right after needs no query, without
+    the refresh-ahead thread, and shows the place the database gives."""
+    from webapp.services import read_model
+
+    monkeypatch.setattr(read_model, "refresh_registrations", lambda *args: None)  # no help
+    event_id = create_event(capacity=1)
+    client.get(f"/events/{event_id}")
+    registrations.register(get_db(app).unit_of_work, event_id, "Ann", "ann@example.com")
+    bob = registrations.register(get_db(app).unit_of_work, event_id, "Bob", "bob@example.com")
+    bob_page = f"/registrations/{make_token(app.secret_key, bob.registration_id)}"
+    assert status_of(client, bob_page) == ("Waitlisted", "1")  # Bob's place is cached now
+
+    cy = registrations.register(get_db(app).unit_of_work, event_id, "Cy", "cy@example.com")
+    cy_page = f"/registrations/{make_token(app.secret_key, cy.registration_id)}"
+
+    assert statements_for(app, client, cy_page) == 0
+    assert status_of(client, cy_page) == ("Waitlisted", "2")
+    assert statements_for(app, client, bob_page) == 0
+    assert status_of(client, bob_page) == ("Waitlisted", "1")
+    with get_db(app).engine.connect() as conn:
+        record = queries.registration_record(conn, cy.registration_id)
+        assert record is not None
+        assert queries.waitlist_position(conn, event_id, int(record["queue_key"])) == 2
+
+    # Bob leaves: the places behind him move, and Cy's page shows the new one
+    registrations.cancel(get_db(app).unit_of_work, bob.registration_id)
+    assert status_of(client, cy_page) == ("Waitlisted", "1")
+
+
 def test_a_registration_stores_the_events_new_counts_with_its_commit(
     app: Flask,
     client: FlaskClient,

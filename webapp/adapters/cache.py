@@ -689,11 +689,14 @@ class CacheLayer:
         the key's generation read before the write committed ("0" for a key that did not
         exist before it, such as a new registration's record).
 
-        A value is stored only if this invalidation is the next one after that
-        generation. Any other write's invalidation in between (which may carry newer
-        state, or may have been overtaken by this one) keeps it out, and the key stays
-        empty for the next reader to load. Returns the slots stored, or None when Redis
-        could not be reached (see :meth:`invalidate`).
+        A plain key's value is stored only if this invalidation is the next one after
+        that generation. Any other write's invalidation in between (which may carry
+        newer state, or may have been overtaken by this one) keeps it out, and the key
+        stays empty for the next reader to load. A hash field whose key this write does
+        not invalidate (a new waitlist position: nobody else moved) is added to the
+        hash only if the key's generation is still the one read: any invalidation since
+        keeps it out. Returns the slots stored, or None when Redis could not be reached
+        (see :meth:`invalidate`).
         """
         if not self.enabled or not keys:
             return set()
@@ -721,6 +724,15 @@ class CacheLayer:
                 pipe.pexpire(self._gen(key), _GEN_TTL_MS)
                 pipe.delete(self._k(key))
                 order += [None, None, None]
+            for slot, (value, generation) in fresh.items():
+                if slot.field is not None and slot.key not in keys:
+                    _queue_script(
+                        pipe,
+                        _STORE_FIELD,
+                        [self._gen(slot.key), self._k(slot.key)],
+                        [self.ttls[slot.region] * 1000, generation, slot.field, dumps(value)],
+                    )
+                    order.append(slot)
             if self.near is not None:  # the other processes drop their copies
                 pipe.publish(self.invalidation_channel, encode_keys(keys))
             replies = pipe.execute()

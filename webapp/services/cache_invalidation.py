@@ -19,9 +19,10 @@ event created or edited, capacity changed      ``event:<id>``, ``upcoming``, the
 =============================================  ==========================================
 
 What the commit itself knows to be current is stored in the same Redis transaction
-(``fresh_values``): a new registration's record, and the committed counts of the
-events it held locked. Each is stored only if no other write's invalidation of that
-key came between the generation read before the commit and this one.
+(``fresh_values``): a new registration's record, the waitlist position of a new
+waiting one, and the committed counts of the events it held locked. Each is stored
+only if no other write's invalidation of that key came between the generation read
+before the commit and this one.
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from webapp.adapters.cache import REGISTRATION_COUNTS, USER_INFORMATION, CacheLayer, Slot
+from webapp.adapters.cache import (
+    REGISTRATION_COUNTS,
+    USER_INFORMATION,
+    WAITLIST_POSITIONS,
+    CacheLayer,
+    Slot,
+)
 from webapp.adapters.cache_pages import all_page_keys, event_page_keys
 from webapp.domain.messages import (
     Message,
@@ -92,8 +99,9 @@ def keys_to_invalidate(result: CommitResult) -> set[str]:
     return keys
 
 
-#: CommitResult.prepared: counts key -> its generation, read before the commit
-_COUNTS_GENERATIONS = "cache.counts_generations"
+#: CommitResult.prepared: key -> its generation, read before the commit (the counts of
+#: the events held locked, the waitlists that new waiting registrations joined)
+_GENERATIONS = "cache.generations"
 
 
 def fresh_values(result: CommitResult) -> dict[Slot, tuple[Any, str]]:
@@ -103,9 +111,14 @@ def fresh_values(result: CommitResult) -> dict[Slot, tuple[Any, str]]:
     - the records of the registrations it created, as the status page reads them
       (``queries.registration_record``'s shape; generation "0": the key is new), so
       the page after the registration's redirect needs no query;
-    - the counts of the events it held locked, as committed, where their generation
-      was read before the commit (:func:`make_prepare_hook`), so the event's pages
-      need no query either.
+    - the waitlist position of each registration it put on a waitlist (the domain
+      gives it: the last place, decided under the event's lock), added to the
+      event's cached positions, which nobody else's place changed;
+    - the counts of the events it held locked, as committed,
+
+    the last two where their key's generation was read before the commit
+    (:func:`make_prepare_hook`), so neither the status page nor the event's pages need
+    a query.
     """
     fresh: dict[Slot, tuple[Any, str]] = {
         Slot(USER_INFORMATION, registration_key(new.registration_id)): (
@@ -123,7 +136,10 @@ def fresh_values(result: CommitResult) -> dict[Slot, tuple[Any, str]]:
         )
         for new in result.new_registrations
     }
-    generations: dict[str, str] = result.prepared.get(_COUNTS_GENERATIONS) or {}
+    generations: dict[str, str] = result.prepared.get(_GENERATIONS) or {}
+    for slot, position in _new_positions(result).items():
+        if slot.key in generations:
+            fresh[slot] = (position, generations[slot.key])
     for event_id, counts in result.event_counts.items():
         key = counts_key(event_id)
         if key in generations:
@@ -131,24 +147,43 @@ def fresh_values(result: CommitResult) -> dict[Slot, tuple[Any, str]]:
     return fresh
 
 
+def _new_positions(result: CommitResult) -> dict[Slot, int]:
+    """The waitlist position of each registration this unit of work put on a waitlist,
+    in the slot the status page reads it from."""
+    positions = {
+        message.registration_id: message.position
+        for message in result.messages
+        if isinstance(message, RegistrationCreated) and message.position is not None
+    }
+    return {
+        Slot(WAITLIST_POSITIONS, waitlist_key(new.event_id), field=str(new.queue_key)): (
+            positions[str(new.registration_id)]
+        )
+        for new in result.new_registrations
+        if new.queue_key is not None and str(new.registration_id) in positions
+    }
+
+
 def make_prepare_hook(layer: CacheLayer) -> BeforeCommitHook:
     """The hook for ``Database.before_commit``: read the generations of the counts of
-    the events the unit of work holds locked, so that their committed counts can be
-    stored with the invalidation (one Redis round trip inside the transaction)."""
+    the events the unit of work holds locked, and of the waitlists its new waiting
+    registrations joined, so that what it committed can be stored with the
+    invalidation (one Redis round trip inside the transaction)."""
 
-    def read_counts_generations(result: CommitResult) -> None:
+    def read_generations(result: CommitResult) -> None:
         keys = [counts_key(event_id) for event_id in sorted(result.event_counts)]
+        keys += sorted({slot.key for slot in _new_positions(result)})
         generations = layer.generations(keys) if keys else None
         if generations:
-            result.prepared[_COUNTS_GENERATIONS] = generations
+            result.prepared[_GENERATIONS] = generations
 
-    return read_counts_generations
+    return read_generations
 
 
 def to_refresh(result: CommitResult, stored: set[Slot]) -> tuple[set[int], set[str]]:
     """Events whose counts, and registrations whose records, the writer reads next and
-    that were not stored with the invalidation (a new waiting registration's record is
-    refreshed anyway, for its waitlist position)."""
+    that were not stored with the invalidation (a new waiting registration whose
+    position was not stored is refreshed, for its position)."""
     stored_keys = {slot.key for slot in stored}
     event_ids = set(result.event_ids)
     registration_ids: set[str] = set()
@@ -156,6 +191,8 @@ def to_refresh(result: CommitResult, stored: set[Slot]) -> tuple[set[int], set[s
         str(new.registration_id)
         for new in result.new_registrations
         if new.status == RegistrationStatus.WAITLISTED.value
+        and Slot(WAITLIST_POSITIONS, waitlist_key(new.event_id), field=str(new.queue_key))
+        not in stored
     }
     for message in result.messages:
         if getattr(message, "event_id", None) is not None:
