@@ -206,6 +206,75 @@ def test_a_waiting_registrations_position_is_cached_as_it_commits(
     assert status_of(client, cy_page) == ("Waitlisted", "1")
 
 
+def test_a_cancellation_stores_both_changed_records_with_its_commit(
+    app: Flask,
+    client: FlaskClient,
+    create_event: Callable[..., int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelling with promotion stores the canceller's and the promoted person's
+    cached records with their new status as it commits: neither status page needs a
+    query afterwards, without the refresh-ahead thread, and each cached record is what
+    the database gives."""
+    from webapp.services import read_model
+
+    monkeypatch.setattr(read_model, "refresh_registrations", lambda *args: None)  # no help
+    event_id = create_event(capacity=1)
+    ann, ann_id = register(app, event_id, "Ann")
+    bob, bob_id = register(app, event_id, "Bob")
+    assert status_of(client, ann) == ("Confirmed", None)  # both records are cached
+    assert status_of(client, bob) == ("Waitlisted", "1")
+
+    registrations.cancel(get_db(app).unit_of_work, uuid.UUID(ann_id))
+
+    assert statements_for(app, client, ann) == 0
+    assert status_of(client, ann) == ("Cancelled", None)
+    assert statements_for(app, client, bob) == 0
+    assert status_of(client, bob) == ("Confirmed", None)
+    layer = get_cache(app)
+    with get_db(app).engine.connect() as conn:
+        for registration_id in (ann_id, bob_id):
+            cached = layer.get(
+                Slot(USER_INFORMATION, registration_key(registration_id)),
+                lambda: pytest.fail("the record should be cached"),
+            )
+            assert cached == queries.registration_record(conn, registration_id)
+
+
+def test_a_changed_record_is_not_stored_over_an_invalidation_that_came_between(
+    app: Flask,
+    client: FlaskClient,
+    create_event: Callable[..., int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If another write's invalidation of the record lands between the read before the
+    commit and the commit's store, the record stays out (it may be older than that
+    write) and the next page loads it from the database."""
+    from webapp.services import read_model
+
+    monkeypatch.setattr(read_model, "refresh_registrations", lambda *args: None)
+    event_id = create_event(capacity=2)
+    ann, ann_id = register(app, event_id, "Ann")
+    assert status_of(client, ann) == ("Confirmed", None)
+    layer = get_cache(app)
+    key = registration_key(ann_id)
+    read_before_write = layer.read_before_write
+
+    def read_then_overtaken(keys: list[str], slots: list[Slot]) -> Any:
+        read = read_before_write(keys, slots)
+        layer.invalidate({key})  # another write's invalidation, right after the read
+        return read
+
+    monkeypatch.setattr(layer, "read_before_write", read_then_overtaken)
+
+    registrations.cancel(get_db(app).unit_of_work, uuid.UUID(ann_id))
+
+    monkeypatch.setattr(layer, "read_before_write", read_before_write)
+    assert layer.fetch([Slot(USER_INFORMATION, key)], lambda _missing: {}) == {}
+    assert statements_for(app, client, ann) == 1
+    assert status_of(client, ann) == ("Cancelled", None)
+
+
 def test_a_registration_stores_the_events_new_counts_with_its_commit(
     app: Flask,
     client: FlaskClient,

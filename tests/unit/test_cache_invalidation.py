@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from webapp.adapters.cache import REGISTRATION_COUNTS, USER_INFORMATION, Slot
 from webapp.adapters.cache_pages import all_page_keys, event_page_keys
 from webapp.domain.messages import (
     CapacityIncreased,
@@ -10,7 +11,7 @@ from webapp.domain.messages import (
     RegistrationPromoted,
     WaitlistPositionChanged,
 )
-from webapp.services.cache_invalidation import keys_to_invalidate
+from webapp.services.cache_invalidation import keys_to_invalidate, to_refresh
 from webapp.services.unit_of_work import CommitResult
 
 PAGES = all_page_keys()
@@ -75,3 +76,18 @@ def test_capacity_change_drops_details_counts_and_list_of_that_event_only() -> N
     assert "counts:6" in keys  # loaded in the same unit of work
     assert event_page_keys(5) <= keys and event_page_keys(6) <= keys
     assert not event_page_keys(7) & keys  # other events' pages survive
+
+
+def test_only_the_writers_own_registrations_are_refreshed_ahead() -> None:
+    """After a cancellation with promotion, the canceller reads their page next; the
+    promoted person is not there (their mail's handler reads the database)."""
+    result = CommitResult(
+        messages=[
+            RegistrationCancelled(7, "gone", "a1", "Confirmed"),
+            RegistrationPromoted(7, "lucky", "a2"),
+        ],
+        event_ids={7},
+    )
+    assert to_refresh(result, stored=set()) == ({7}, {"gone"})
+    stored = {Slot(USER_INFORMATION, "registration:gone"), Slot(REGISTRATION_COUNTS, "counts:7")}
+    assert to_refresh(result, stored) == (set(), set())

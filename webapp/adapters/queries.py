@@ -206,18 +206,19 @@ def event_counts(db: Executor, event_ids: list[int]) -> dict[int, dict[str, Any]
 
 def registration_record(db: Executor, registration_id: str | uuid.UUID) -> dict[str, Any] | None:
     """A registration with its attendee (no event columns, no position)."""
-    r = registrations.c
-    stmt = (
-        select(*_registration_columns())
-        .join(users, users.c.Id == r.UserId)
-        .where(r.Id == _as_uuid(registration_id))
-    )
-    row = db.execute(stmt).first()
+    row = db.execute(_REGISTRATION_RECORD, {"id": _as_uuid(registration_id)}).first()
     if row is None:
         return None
     record = dict(row._mapping)
     record["status"] = _status_value(record["status"])
     return record
+
+
+_REGISTRATION_RECORD = (
+    select(*_registration_columns())
+    .join(users, users.c.Id == registrations.c.UserId)
+    .where(registrations.c.Id == bindparam("id"))
+)
 
 
 def hottest_event_ids(db: Executor, now: datetime, limit: int = 10) -> list[int]:

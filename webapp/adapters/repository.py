@@ -83,6 +83,13 @@ def _event_of_registration_stmt() -> Executable:
 class RegistrationRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
+        #: the registrations loaded to change them, kept until the unit of work ends (the
+        #: session holds clean ones only weakly), so that its commit can report them
+        self.loaded: dict[uuid.UUID, Registration] = {}
+
+    def _keep(self, registrations: list[Registration]) -> list[Registration]:
+        self.loaded.update((r.id, r) for r in registrations)
+        return registrations
 
     def add(self, registration: Registration) -> None:
         self.session.add(registration)
@@ -94,7 +101,8 @@ class RegistrationRepository:
         """Load from the database even if already in the session (e.g. after taking
         the event lock, to see what a concurrent transaction committed)."""
         stmt = _current_registration_stmt()
-        return self.session.scalars(stmt, {"id": registration_id}).one_or_none()
+        found = self.session.scalars(stmt, {"id": registration_id}).one_or_none()
+        return self._keep([found])[0] if found is not None else None
 
     def active_for(self, event_id: int, attendee_id: uuid.UUID) -> Registration | None:
         stmt = select(Registration).where(
@@ -125,7 +133,7 @@ class RegistrationRepository:
         if limit <= 0:
             return []
         params = {"event_id": event_id, "limit": limit}
-        return list(self.session.scalars(_waitlist_head_stmt(), params))
+        return self._keep(list(self.session.scalars(_waitlist_head_stmt(), params)))
 
 
 @cache

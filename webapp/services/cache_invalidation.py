@@ -20,9 +20,10 @@ event created or edited, capacity changed      ``event:<id>``, ``upcoming``, the
 
 What the commit itself knows to be current is stored in the same Redis transaction
 (``fresh_values``): a new registration's record, the waitlist position of a new
-waiting one, and the committed counts of the events it held locked. Each is stored
-only if no other write's invalidation of that key came between the generation read
-before the commit and this one.
+waiting one, the cached record of a cancelled or promoted one with its new status,
+and the committed counts of the events it held locked. Each is stored only if no
+other write's invalidation of that key came between the generation read before the
+commit and this one.
 """
 
 from __future__ import annotations
@@ -100,8 +101,15 @@ def keys_to_invalidate(result: CommitResult) -> set[str]:
 
 
 #: CommitResult.prepared: key -> its generation, read before the commit (the counts of
-#: the events held locked, the waitlists that new waiting registrations joined)
+#: the events held locked, the waitlists that new waiting registrations joined, the
+#: records of the registrations cancelled or promoted)
 _GENERATIONS = "cache.generations"
+#: CommitResult.prepared: slot -> the cached record of a changed registration, read
+#: with the generations
+_RECORDS = "cache.records"
+#: a unit of work that changed more registrations than this (a capacity increase that
+#: promoted many) only invalidates their records: no large read inside its transaction
+_RECORDS_PATCHED_AT_MOST = 10
 
 
 def fresh_values(result: CommitResult) -> dict[Slot, tuple[Any, str]]:
@@ -114,11 +122,14 @@ def fresh_values(result: CommitResult) -> dict[Slot, tuple[Any, str]]:
     - the waitlist position of each registration it put on a waitlist (the domain
       gives it: the last place, decided under the event's lock), added to the
       event's cached positions, which nobody else's place changed;
+    - the record of each registration it cancelled or promoted, as cached before the
+      commit with the committed status and cancellation time (nothing else in a
+      record changes);
     - the counts of the events it held locked, as committed,
 
-    the last two where their key's generation was read before the commit
-    (:func:`make_prepare_hook`), so neither the status page nor the event's pages need
-    a query.
+    the last three where their key's generation was read before the commit
+    (:func:`make_prepare_hook`), so neither the status pages nor the event's pages
+    need a query.
     """
     fresh: dict[Slot, tuple[Any, str]] = {
         Slot(USER_INFORMATION, registration_key(new.registration_id)): (
@@ -140,6 +151,11 @@ def fresh_values(result: CommitResult) -> dict[Slot, tuple[Any, str]]:
     for slot, position in _new_positions(result).items():
         if slot.key in generations:
             fresh[slot] = (position, generations[slot.key])
+    records: dict[Slot, dict[str, Any]] = result.prepared.get(_RECORDS) or {}
+    for registration_id, change in result.changed_registrations.items():
+        slot = _record_slot(registration_id)
+        if slot in records and slot.key in generations:
+            fresh[slot] = ({**records[slot], **change}, generations[slot.key])
     for event_id, counts in result.event_counts.items():
         key = counts_key(event_id)
         if key in generations:
@@ -164,26 +180,38 @@ def _new_positions(result: CommitResult) -> dict[Slot, int]:
     }
 
 
+def _record_slot(registration_id: str) -> Slot:
+    return Slot(USER_INFORMATION, registration_key(registration_id))
+
+
 def make_prepare_hook(layer: CacheLayer) -> BeforeCommitHook:
     """The hook for ``Database.before_commit``: read the generations of the counts of
-    the events the unit of work holds locked, and of the waitlists its new waiting
-    registrations joined, so that what it committed can be stored with the
-    invalidation (one Redis round trip inside the transaction)."""
+    the events the unit of work holds locked, of the waitlists its new waiting
+    registrations joined and of the records of the registrations it changed, with
+    those records, so that what it committed can be stored with the invalidation (one
+    Redis round trip inside the transaction)."""
 
     def read_generations(result: CommitResult) -> None:
+        changed = result.changed_registrations
+        if len(changed) > _RECORDS_PATCHED_AT_MOST:
+            changed = {}
+        records = [_record_slot(r) for r in sorted(changed)]
         keys = [counts_key(event_id) for event_id in sorted(result.event_counts)]
         keys += sorted({slot.key for slot in _new_positions(result)})
-        generations = layer.generations(keys) if keys else None
-        if generations:
-            result.prepared[_GENERATIONS] = generations
+        keys += [slot.key for slot in records]
+        read = layer.read_before_write(keys, records) if keys else None
+        if read:
+            result.prepared[_GENERATIONS], result.prepared[_RECORDS] = read
 
     return read_generations
 
 
 def to_refresh(result: CommitResult, stored: set[Slot]) -> tuple[set[int], set[str]]:
     """Events whose counts, and registrations whose records, the writer reads next and
-    that were not stored with the invalidation (a new waiting registration whose
-    position was not stored is refreshed, for its position)."""
+    that were not stored with the invalidation: the writer's own registration, created
+    or cancelled (a new waiting one whose position was not stored, for its position).
+    Not a promoted one: its owner is not the one reading next (the promotion mail's
+    handler reads the database), so its record waits for its next reader."""
     stored_keys = {slot.key for slot in stored}
     event_ids = set(result.event_ids)
     registration_ids: set[str] = set()
@@ -197,8 +225,7 @@ def to_refresh(result: CommitResult, stored: set[Slot]) -> tuple[set[int], set[s
     for message in result.messages:
         if getattr(message, "event_id", None) is not None:
             event_ids.add(int(message.event_id))  # type: ignore[attr-defined]
-        changed = RegistrationCreated | RegistrationPromoted | RegistrationCancelled
-        if isinstance(message, changed) and (
+        if isinstance(message, RegistrationCreated | RegistrationCancelled) and (
             registration_key(message.registration_id) not in stored_keys
             or str(message.registration_id) in waiting
         ):

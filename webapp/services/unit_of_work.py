@@ -27,7 +27,7 @@ from webapp.adapters.repository import (
     EventRepository,
     RegistrationRepository,
 )
-from webapp.domain.messages import Message
+from webapp.domain.messages import Message, RegistrationCancelled, RegistrationPromoted
 from webapp.services import messagebus
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ class CommitResult:
     #: capacity, confirmed_count and waitlist_count as committed, of the events this
     #: unit of work held locked (nobody else could change them until the commit)
     event_counts: dict[int, dict[str, int]] = field(default_factory=dict)
+    #: registration id -> its status and cancelled_at as committed, of the existing
+    #: registrations this unit of work cancelled or promoted (under their event's lock)
+    changed_registrations: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: what before-commit hooks noted for their after-commit counterparts
     prepared: dict[str, Any] = field(default_factory=dict)
 
@@ -149,6 +152,7 @@ class UnitOfWork:
             for e in self.events.locked
             if e.id is not None
         }
+        result.changed_registrations = self._changed_registrations(result.messages)
         for prepare in self.before_commit_hooks:
             try:
                 prepare(result)
@@ -165,6 +169,20 @@ class UnitOfWork:
 
     def rollback(self) -> None:
         self.session.rollback()
+
+    def _changed_registrations(self, messages: list[Message]) -> dict[str, dict[str, Any]]:
+        """The committed status of each registration a message says was cancelled or
+        promoted, read off the entities this unit of work loaded (no query)."""
+        changed = {
+            m.registration_id
+            for m in messages
+            if isinstance(m, RegistrationCancelled | RegistrationPromoted)
+        }
+        return {
+            str(r.id): {"status": r.status.value, "cancelled_at": r.cancelled_at}
+            for r in self.registrations.loaded.values()
+            if str(r.id) in changed
+        }
 
     def _collect(self) -> list[Message]:
         collected: list[Message] = []
