@@ -660,6 +660,7 @@ class Bench:
             ).fetchall()
         )
         stale = self.stale_cached_counts()
+        stale_registrations = self.stale_cached_registrations()
         result = {
             "outbox_drained": drained,
             "events_over_capacity": over,
@@ -667,6 +668,7 @@ class Bench:
             "duplicate_active_registrations": duplicates,
             "free_seats_with_waitlist": seats_wasted,
             "events_with_stale_cached_counts": stale,
+            "stale_cached_registrations": stale_registrations,
             "outbox": outbox,
         }
         result["ok"] = (
@@ -676,6 +678,7 @@ class Bench:
             and duplicates == 0
             and seats_wasted == 0
             and stale == 0
+            and stale_registrations == 0
             and outbox.get("pending", 0) == 0
         )
         return result
@@ -703,6 +706,46 @@ class Bench:
                 "confirmed_count": row[2],
                 "waitlist_count": row[3],
             }
+        return stale
+
+    def stale_cached_registrations(self) -> int:
+        """Cached registration records (status, queue key, cancellation time) and
+        cached waitlist positions that differ from the database. Writers store the
+        records they changed and the places they added with their commits, each under
+        the generation read before it: a wrong guard would show here."""
+        from webapp.adapters.cache import key_prefix, loads
+
+        assert self.conn is not None
+        cache = redis.Redis.from_url(f"{REDIS_BASE}/{CACHE_DB}")
+        prefix = key_prefix({"DATABASE_URL": db_url()})
+        stale = 0
+        keys = list(cache.scan_iter(match=f"{prefix}registration:*", count=1000))
+        for start in range(0, len(keys), 500):
+            batch = keys[start : start + 500]
+            cached = {
+                str(value["registration_id"]): value
+                for value in (loads(raw) for raw in cache.mget(batch) if raw is not None)
+            }
+            rows = self.conn.execute(
+                'SELECT "Id"::text, "Status", "PositionInQueue", "CancelledAt" '
+                'FROM "EventRegistrations" WHERE "Id" = ANY(%s::uuid[])',
+                (list(cached),),
+            ).fetchall()
+            actual = {row[0]: row[1:] for row in rows}
+            for registration_id, value in cached.items():
+                mine = (value["status"], value["queue_key"], value["cancelled_at"])
+                stale += actual.get(registration_id) != mine
+        for key in cache.scan_iter(match=f"{prefix}waitlist:*", count=1000):
+            event_id = int(key.decode().rsplit(":", 1)[1])
+            positions = dict(
+                self.conn.execute(
+                    'SELECT "PositionInQueue", row_number() OVER (ORDER BY "PositionInQueue") '
+                    'FROM "EventRegistrations" WHERE "EventId" = %s AND "Status" = %s',
+                    (event_id, "Waitlisted"),
+                ).fetchall()
+            )
+            for queue_key, raw in cache.hgetall(key).items():
+                stale += positions.get(int(queue_key)) != loads(raw)
         return stale
 
     def mail_check(self, result: dict[str, Any], label: str) -> None:
