@@ -239,7 +239,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
     """Our figures against the baseline build and the raw pgbench transaction."""
-    out: dict[str, Any] = {"vs_baseline": [], "vs_pgbench": {}}
+    out: dict[str, Any] = {"vs_baseline": [], "vs_pgbench": {}, "vs_pgbench_one_event": {}}
     for base in results.get("baseline", {}).get("scenarios", []):
         ours = find(results, base["scenario"], base["concurrency"])
         if ours is None:
@@ -268,6 +268,15 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             "app_share_of_pgbench": ratio(ours["ops_per_s"], run["tps"]),
             "pgbench_p50_ms": run["latency_ms"]["p50"],
             "app_post_p50_ms": _latency(ours, "post", "p50"),
+        }
+    for run in results.get("pgbench", {}).get("one_event", []):
+        ours = find(results, "hot_event", run["clients"])
+        if ours is None or not run.get("tps"):
+            continue
+        out["vs_pgbench_one_event"][str(run["clients"])] = {
+            "pgbench_tps": run["tps"],
+            "app_registrations_per_s": ours["ops_per_s"],
+            "app_share_of_pgbench": ratio(ours["ops_per_s"], run["tps"]),
         }
     return out
 
@@ -533,6 +542,27 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
                 f"| {_fmt(r.get('app_share_of_pgbench'), 3)} |"
             )
         out.append("")
+        one_event = results.get("pgbench", {}).get("one_event", [])
+        vs_one = results.get("ratios", {}).get("vs_pgbench_one_event", {})
+        if one_event:
+            out += [
+                "The same transaction with every client on one event row (the hot event's "
+                "case: each registration waits for the row lock of the one before it, "
+                "until its COMMIT), against the app's hot event:",
+                "",
+                "| clients | tps | p50 ms | p99 ms | app hot event registrations/s "
+                "| app / pgbench |",
+                "|---:|---:|---:|---:|---:|---:|",
+            ]
+            for run in one_event:
+                r = vs_one.get(str(run["clients"]), {})
+                lat = run.get("latency_ms") or {}
+                out.append(
+                    f"| {run['clients']} | {_fmt(run.get('tps'))} | {_fmt(lat.get('p50'), 2)} "
+                    f"| {_fmt(lat.get('p99'), 2)} | {_fmt(r.get('app_registrations_per_s'))} "
+                    f"| {_fmt(r.get('app_share_of_pgbench'), 3)} |"
+                )
+            out.append("")
     dead = results.get("dead_letters") or {}
     if dead.get("available"):
         out += [

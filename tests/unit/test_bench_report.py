@@ -79,6 +79,28 @@ def _row(scenario: str, clients: int, ops: float, post_p50: float, post_p99: flo
     }
 
 
+def _run_header() -> dict:
+    return {
+        "machine": {
+            "cpu_cores": 2,
+            "cpu_model": "Test CPU",
+            "memory_gb": 23.5,
+            "python": "3.12",
+            "postgresql": "15",
+            "redis": "7",
+            "os": "Linux",
+        },
+        "settings": {
+            "concurrencies": [1, 32],
+            "duration_s": 6,
+            "warmup_s": 1,
+            "web": {"description": "gunicorn gthread, 2 workers x 4 threads"},
+        },
+        "mode": "full",
+        "started_at": "2026-01-01T00:00:00+00:00",
+    }
+
+
 def test_targets_are_met_missed_or_not_measured() -> None:
     results = {
         "settings": {"concurrencies": [1, 32]},
@@ -97,23 +119,7 @@ def test_targets_are_met_missed_or_not_measured() -> None:
 
 def test_markdown_names_the_machine_and_marks_missed_targets() -> None:
     results = {
-        "machine": {
-            "cpu_cores": 2,
-            "cpu_model": "Test CPU",
-            "memory_gb": 23.5,
-            "python": "3.12",
-            "postgresql": "15",
-            "redis": "7",
-            "os": "Linux",
-        },
-        "settings": {
-            "concurrencies": [1, 32],
-            "duration_s": 6,
-            "warmup_s": 1,
-            "web": {"description": "gunicorn gthread, 2 workers x 4 threads"},
-        },
-        "mode": "full",
-        "started_at": "2026-01-01T00:00:00+00:00",
+        **_run_header(),
         "scenarios": [_row("register_free", 32, 1000.0, 10.0, 60.0)],
         "baseline": {"scenarios": []},
         "vacuum": {"server_autovacuum": "off", "runs": 25, "seconds": 3.1},
@@ -127,3 +133,23 @@ def test_markdown_names_the_machine_and_marks_missed_targets() -> None:
     assert "(25 times, 3.1 s in all)" in text
     assert "| Registration POST p99 at 32 clients | 60.00 ms | <= 50 ms | **missed** |" in text
     assert "| register_free | 32 | 1,000 | 3,000 | post | 10.00 | 60.00 | 60.00 | 0 |" in text
+
+
+def test_the_hot_event_is_compared_with_pgbench_on_one_event_row() -> None:
+    """The spread-out pgbench run is the registration rows' yardstick; the one-row run
+    is the hot event's (every client queues for the same lock)."""
+    pgbench_run = {"clients": 32, "tps": 800.0, "latency_ms": {"p50": 30.0, "p99": 90.0}}
+    results = {
+        **_run_header(),
+        "scenarios": [_row("register_free", 32, 100.0, 9, 50), _row("hot_event", 32, 40.0, 9, 50)],
+        "pgbench": {
+            "runs": [pgbench_run | {"tps": 2000.0}],
+            "one_event": [pgbench_run],
+        },
+    }
+    results["ratios"] = ratios = report.ratios(results)
+    assert ratios["vs_pgbench"]["32"]["app_share_of_pgbench"] == pytest.approx(0.05)
+    assert ratios["vs_pgbench_one_event"]["32"]["app_share_of_pgbench"] == pytest.approx(0.05)
+    assert ratios["vs_pgbench_one_event"]["32"]["app_registrations_per_s"] == 40.0
+    text = report.markdown(results, "bench/results/x.json")
+    assert "| 32 | 800 | 30.00 | 90.00 | 40.0 | 0.050 |" in text
