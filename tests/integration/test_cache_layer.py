@@ -319,7 +319,7 @@ def test_a_writers_own_value_is_stored_only_right_after_the_generation_it_read(
     # an existing key: the generation read before the write
     counts = Slot(REGISTRATION_COUNTS, f"counts:{uuid.uuid4().hex[:6]}")
     layer.get(counts, lambda: {"confirmed_count": 1})
-    [seen] = layer.generations([counts.key]).values()  # type: ignore[union-attr]
+    [seen] = layer.read_before_write([counts.key], [])[0].values()  # type: ignore[index]
     assert layer.invalidate_and_store({counts.key}, {counts: ({"confirmed_count": 2}, seen)})
     assert layer.get(counts, lambda: pytest.fail("stored")) == {"confirmed_count": 2}
     assert layer.invalidate({counts.key})  # another write in between ...
@@ -338,7 +338,7 @@ def test_a_writers_new_hash_field_joins_the_hash_only_under_the_generation_it_re
     key = f"waitlist:{uuid.uuid4().hex[:6]}"
     first, second, third = (Slot(WAITLIST_POSITIONS, key, field=str(q)) for q in (1, 2, 3))
     assert layer.get(first, lambda: 1) == 1
-    [seen] = layer.generations([key]).values()  # type: ignore[union-attr]
+    [seen] = layer.read_before_write([key], [])[0].values()  # type: ignore[index]
 
     stored = layer.invalidate_and_store({"counts:1"}, {second: (2, seen)})
     assert stored == {second}
@@ -351,6 +351,6 @@ def test_a_writers_new_hash_field_joins_the_hash_only_under_the_generation_it_re
     assert layer.get(third, lambda: 2) == 2  # loaded afresh
 
     # a write that invalidates the key itself stores none of its fields
-    [now] = layer.generations([key]).values()  # type: ignore[union-attr]
+    [now] = layer.read_before_write([key], [])[0].values()  # type: ignore[index]
     assert layer.invalidate_and_store({key}, {first: (1, now)}) == set()
     assert client.exists(layer.prefix + key) == 0

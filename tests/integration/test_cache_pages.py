@@ -275,6 +275,30 @@ def test_a_changed_record_is_not_stored_over_an_invalidation_that_came_between(
     assert status_of(client, ann) == ("Cancelled", None)
 
 
+def test_a_capacity_increase_that_promotes_many_only_drops_their_records(
+    app: Flask,
+    client: FlaskClient,
+    create_event: Callable[..., int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More than ten promoted at once: their records are not read inside the
+    transaction, only dropped; each person's page then loads the new status."""
+    from webapp.services import read_model
+
+    monkeypatch.setattr(read_model, "refresh_registrations", lambda *args: None)
+    event_id = create_event(capacity=1)
+    register(app, event_id, "Ann")
+    waiting = [register(app, event_id, f"Person{i}")[0] for i in range(11)]
+    assert status_of(client, waiting[-1]) == ("Waitlisted", "11")
+
+    event_service.change_capacity(get_db(app).unit_of_work, event_id, 12)
+
+    # the record, and the event's details (a capacity change drops those too)
+    assert statements_for(app, client, waiting[-1]) == 2
+    assert status_of(client, waiting[-1]) == ("Confirmed", None)
+    assert status_of(client, waiting[0]) == ("Confirmed", None)
+
+
 def test_a_registration_stores_the_events_new_counts_with_its_commit(
     app: Flask,
     client: FlaskClient,

@@ -667,20 +667,14 @@ class CacheLayer:
         """
         return self.invalidate_and_store(keys) is not None
 
-    def generations(self, keys: list[str]) -> dict[str, str] | None:
-        """The current generation of each key ("0" if never invalidated), or None when
-        Redis cannot be reached: what a writer reads before its commit to store its own
-        result afterwards (:meth:`invalidate_and_store`)."""
-        read = self.read_before_write(keys, [])
-        return None if read is None else read[0]
-
     def read_before_write(
         self, keys: list[str], slots: list[Slot]
     ) -> tuple[dict[str, str], dict[Slot, Any]] | None:
-        """:meth:`generations` of ``keys`` and the cached values of ``slots`` (plain
-        keys), read together in one MGET: what a writer that knows how its change
-        alters a cached value reads before its commit, to store the altered value with
-        its invalidation. None when Redis cannot be reached."""
+        """The current generation of each of ``keys`` ("0" if never invalidated) and the
+        cached values of ``slots`` (plain keys), read together in one MGET, or None when
+        Redis cannot be reached: what a writer reads before its commit to store its own
+        result afterwards (:meth:`invalidate_and_store`), or a cached value it knows
+        how its change alters."""
         if any(slot.field is not None for slot in slots):
             raise ValueError("read_before_write reads plain keys, not hash fields")
         if not self.enabled or not (keys or slots):
@@ -690,15 +684,15 @@ class CacheLayer:
             replies = self.client.mget(
                 [self._gen(k) for k in keys] + [self._k(slot.key) for slot in slots]
             )
+            generations = {k: _gen_value(g) for k, g in zip(keys, replies, strict=False)}
+            values = {
+                slot: loads(raw)
+                for slot, raw in zip(slots, replies[len(keys) :], strict=True)
+                if raw is not None
+            }
         except Exception as error:
             self._failed([], error)
             return None
-        generations = {k: _gen_value(g) for k, g in zip(keys, replies, strict=False)}
-        values = {
-            slot: loads(raw)
-            for slot, raw in zip(slots, replies[len(keys) :], strict=True)
-            if raw is not None
-        }
         return generations, values
 
     def invalidate_and_store(
