@@ -532,16 +532,7 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
             "| clients | tps | p50 ms | p99 ms | app registrations/s | app / pgbench |",
             "|---:|---:|---:|---:|---:|---:|",
         ]
-        vs = results.get("ratios", {}).get("vs_pgbench", {})
-        for run in pgb:
-            r = vs.get(str(run["clients"]), {})
-            lat = run.get("latency_ms") or {}
-            out.append(
-                f"| {run['clients']} | {_fmt(run.get('tps'))} | {_fmt(lat.get('p50'), 2)} "
-                f"| {_fmt(lat.get('p99'), 2)} | {_fmt(r.get('app_registrations_per_s'))} "
-                f"| {_fmt(r.get('app_share_of_pgbench'), 3)} |"
-            )
-        out.append("")
+        out += _pgbench_rows(pgb, results.get("ratios", {}).get("vs_pgbench", {}))
         one_event = results.get("pgbench", {}).get("one_event", [])
         vs_one = results.get("ratios", {}).get("vs_pgbench_one_event", {})
         if one_event:
@@ -554,15 +545,7 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
                 "| app / pgbench |",
                 "|---:|---:|---:|---:|---:|---:|",
             ]
-            for run in one_event:
-                r = vs_one.get(str(run["clients"]), {})
-                lat = run.get("latency_ms") or {}
-                out.append(
-                    f"| {run['clients']} | {_fmt(run.get('tps'))} | {_fmt(lat.get('p50'), 2)} "
-                    f"| {_fmt(lat.get('p99'), 2)} | {_fmt(r.get('app_registrations_per_s'))} "
-                    f"| {_fmt(r.get('app_share_of_pgbench'), 3)} |"
-                )
-            out.append("")
+            out += _pgbench_rows(one_event, vs_one)
     dead = results.get("dead_letters") or {}
     if dead.get("available"):
         out += [
@@ -620,6 +603,20 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
     if analysis:
         out += [analysis.strip(), ""]
     return "\n".join(out) + "\n"
+
+
+def _pgbench_rows(runs: list[dict[str, Any]], versus: dict[str, Any]) -> list[str]:
+    """Table rows of pgbench runs beside the app's figures for the same clients."""
+    rows = []
+    for run in runs:
+        r = versus.get(str(run["clients"]), {})
+        lat = run.get("latency_ms") or {}
+        rows.append(
+            f"| {run['clients']} | {_fmt(run.get('tps'))} | {_fmt(lat.get('p50'), 2)} "
+            f"| {_fmt(lat.get('p99'), 2)} | {_fmt(r.get('app_registrations_per_s'))} "
+            f"| {_fmt(r.get('app_share_of_pgbench'), 3)} |"
+        )
+    return [*rows, ""]
 
 
 def render(results_path: str) -> str:
