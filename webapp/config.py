@@ -38,6 +38,9 @@ _SETTINGS: list[tuple[str, Any, type]] = [
     ("CACHE_NEAR_MAX_ENTRIES", 10_000, int),
     # Performance.BackgroundProcessing
     ("BACKGROUND_MAX_CONCURRENCY", 4, int),
+    # jobs the relay spreads a small batch over while the queue is empty; 0: the worker
+    # processes, at most the CPU cores (workers/relay.py spread_jobs)
+    ("RELAY_SPREAD_JOBS", 0, int),
     ("OUTBOX_MAX_RETRIES", 3, int),
     ("OUTBOX_RETRY_DELAY_SECONDS", 5.0, float),
     ("OUTBOX_CLEANUP_DAYS", 7, int),

@@ -151,8 +151,9 @@ class Relay:
     ) -> list[list[outbox_relay.Claimed]]:
         """The messages of each job. First dispatches share jobs of at most
         ``messages_per_job``. While no job waits in the queue (``queued``), some
-        worker may be idle: the messages are spread over as many jobs as there are
-        worker processes, so each gets some. Once jobs wait, every worker is busy and
+        worker may be idle: the messages are spread over ``worker_processes`` jobs
+        (the workers that can run at once, :func:`spread_jobs`), so each gets some.
+        Once jobs wait, every worker is busy and
         the jobs are full. A redelivery or a retry is a job of its own: a message
         that took its worker down cannot take others down with it a second time."""
         fresh = [c for c in messages if c.first_dispatch]
@@ -316,6 +317,20 @@ def _ignore_pubsub_error(error: BaseException, pubsub: Any, thread: Any) -> None
     time.sleep(1.0)
 
 
+def spread_jobs(config: Any) -> int:
+    """How many jobs a small batch of fresh messages is spread over while the queue
+    is empty (some worker may be idle): ``RELAY_SPREAD_JOBS``, or by default as many
+    as can run at once: the worker processes (``BACKGROUND_MAX_CONCURRENCY``), but no
+    more than the CPU cores. Each job costs RQ's per-job work and its own
+    transactions, ≈ 4 ms of worker CPU here against ≈ 3 ms per message
+    (bench/ANALYSIS.md), so pieces the cores cannot run in parallel only add CPU. With
+    workers on other hosts than the relay, set it to their processes in all."""
+    configured = int(config.get("RELAY_SPREAD_JOBS") or 0)
+    if configured > 0:
+        return configured
+    return max(1, min(int(config["BACKGROUND_MAX_CONCURRENCY"]), os.cpu_count() or 1))
+
+
 def start_in_thread(app: Any, **options: Any) -> Relay:
     """An in-process relay (embedded mode): woken by :data:`RELAY_WAKEUP`."""
     from webapp.extensions import get_db
@@ -324,7 +339,7 @@ def start_in_thread(app: Any, **options: Any) -> Relay:
         get_db(app),
         redis.Redis.from_url(app.config["REDIS_URL"], socket_timeout=5),
         app.config["DATABASE_URL"],
-        **({"worker_processes": int(app.config["BACKGROUND_MAX_CONCURRENCY"])} | options),
+        **({"worker_processes": spread_jobs(app.config)} | options),
     )
     threading.Thread(target=relay.run, name="outbox-relay", daemon=True).start()
     return relay
@@ -360,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lease_seconds=args.lease_seconds,
         poll_interval=args.poll_interval,
         messages_per_job=args.messages_per_job,
-        worker_processes=int(app.config["BACKGROUND_MAX_CONCURRENCY"]),
+        worker_processes=spread_jobs(app.config),
     )
     signal.signal(signal.SIGTERM, relay.stop)
     signal.signal(signal.SIGINT, relay.stop)
