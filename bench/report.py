@@ -258,26 +258,24 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
                 ),
             }
         )
-    for run in results.get("pgbench", {}).get("runs", []):
-        ours = find(results, "register_free", run["clients"])
-        if ours is None or not run.get("tps"):
-            continue
-        out["vs_pgbench"][str(run["clients"])] = {
-            "pgbench_tps": run["tps"],
-            "app_registrations_per_s": ours["ops_per_s"],
-            "app_share_of_pgbench": ratio(ours["ops_per_s"], run["tps"]),
-            "pgbench_p50_ms": run["latency_ms"]["p50"],
-            "app_post_p50_ms": _latency(ours, "post", "p50"),
-        }
-    for run in results.get("pgbench", {}).get("one_event", []):
-        ours = find(results, "hot_event", run["clients"])
-        if ours is None or not run.get("tps"):
-            continue
-        out["vs_pgbench_one_event"][str(run["clients"])] = {
-            "pgbench_tps": run["tps"],
-            "app_registrations_per_s": ours["ops_per_s"],
-            "app_share_of_pgbench": ratio(ours["ops_per_s"], run["tps"]),
-        }
+    # the spread-out runs against the free-seat registrations, the one-row run against
+    # the hot event
+    yardsticks = (
+        ("runs", "register_free", "vs_pgbench"),
+        ("one_event", "hot_event", "vs_pgbench_one_event"),
+    )
+    for source, scenario, key in yardsticks:
+        for run in results.get("pgbench", {}).get(source, []):
+            ours = find(results, scenario, run["clients"])
+            if ours is None or not run.get("tps"):
+                continue
+            out[key][str(run["clients"])] = {
+                "pgbench_tps": run["tps"],
+                "app_registrations_per_s": ours["ops_per_s"],
+                "app_share_of_pgbench": ratio(ours["ops_per_s"], run["tps"]),
+                "pgbench_p50_ms": run["latency_ms"]["p50"],
+                "app_post_p50_ms": _latency(ours, "post", "p50"),
+            }
     return out
 
 
