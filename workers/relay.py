@@ -73,7 +73,7 @@ class Relay:
         poll_interval: float = 1.0,
         queue_name: str = OUTBOX_QUEUE,
         messages_per_job: int = 10,
-        worker_processes: int = 4,
+        parallel_jobs: int = 4,
     ) -> None:
         self.db = db
         self.redis = redis_client
@@ -83,7 +83,7 @@ class Relay:
         self.lease_seconds = lease_seconds
         self.poll_interval = min(poll_interval, 1.0)
         self.messages_per_job = max(1, messages_per_job)
-        self.worker_processes = max(1, worker_processes)
+        self.parallel_jobs = max(1, parallel_jobs)
         self.queue = Queue(queue_name, connection=redis_client, serializer=JSONSerializer)
         self.postgres = db.engine.dialect.name == "postgresql"
         self.stop_event = threading.Event()
@@ -151,13 +151,13 @@ class Relay:
     ) -> list[list[outbox_relay.Claimed]]:
         """The messages of each job. First dispatches share jobs of at most
         ``messages_per_job``. While no job waits in the queue (``queued``), some
-        worker may be idle: the messages are spread over ``worker_processes`` jobs
-        (the workers that can run at once, :func:`spread_jobs`), so each gets some.
-        Once jobs wait, every worker is busy and
-        the jobs are full. A redelivery or a retry is a job of its own: a message
-        that took its worker down cannot take others down with it a second time."""
+        worker may be idle: the messages are spread over ``parallel_jobs`` jobs (the
+        workers that can run at once, :func:`spread_jobs`), so each gets some. Once
+        jobs wait, every worker is busy and the jobs are full. A redelivery or a retry
+        is a job of its own: a message that took its worker down cannot take others
+        down with it a second time."""
         fresh = [c for c in messages if c.first_dispatch]
-        spread = 1 if queued > 0 else self.worker_processes
+        spread = 1 if queued > 0 else self.parallel_jobs
         size = max(1, min(self.messages_per_job, math.ceil(len(fresh) / spread)))
         jobs = [fresh[i : i + size] for i in range(0, len(fresh), size)]
         return jobs + [[c] for c in messages if not c.first_dispatch]
@@ -339,7 +339,7 @@ def start_in_thread(app: Any, **options: Any) -> Relay:
         get_db(app),
         redis.Redis.from_url(app.config["REDIS_URL"], socket_timeout=5),
         app.config["DATABASE_URL"],
-        **({"worker_processes": spread_jobs(app.config)} | options),
+        **({"parallel_jobs": spread_jobs(app.config)} | options),
     )
     threading.Thread(target=relay.run, name="outbox-relay", daemon=True).start()
     return relay
@@ -375,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lease_seconds=args.lease_seconds,
         poll_interval=args.poll_interval,
         messages_per_job=args.messages_per_job,
-        worker_processes=spread_jobs(app.config),
+        parallel_jobs=spread_jobs(app.config),
     )
     signal.signal(signal.SIGTERM, relay.stop)
     signal.signal(signal.SIGINT, relay.stop)

@@ -76,7 +76,7 @@ def _jobs(relay: Relay) -> list[Job]:
 def test_a_few_messages_get_one_json_job_each(relay_app: Flask, redis_url: str) -> None:
     event_id = _event(relay_app)
     _register(relay_app, event_id, 3)
-    relay = _relay(relay_app, "relay-t", redis_url, worker_processes=4)
+    relay = _relay(relay_app, "relay-t", redis_url, parallel_jobs=4)
     assert relay.dispatch_once() == 3
     rows = _rows(relay_app)
     jobs = _jobs(relay)
@@ -98,7 +98,7 @@ def test_a_burst_is_shared_out_in_jobs_of_several_messages(
     message in exactly one job, its job id its first message."""
     event_id = _event(relay_app)
     _register(relay_app, event_id, 45)
-    relay = _relay(relay_app, "relay-t", redis_url, worker_processes=4, messages_per_job=10)
+    relay = _relay(relay_app, "relay-t", redis_url, parallel_jobs=4, messages_per_job=10)
     assert relay.dispatch_once() == 45
     jobs = _jobs(relay)
     assert sorted(len(j.args[0]) for j in jobs) == [5, 10, 10, 10, 10]
@@ -123,7 +123,7 @@ def test_with_an_empty_queue_a_few_messages_go_to_every_worker(
     three, rather than one of ten and one of two."""
     event_id = _event(relay_app)
     _register(relay_app, event_id, 12)
-    relay = _relay(relay_app, "relay-t", redis_url, worker_processes=4, messages_per_job=10)
+    relay = _relay(relay_app, "relay-t", redis_url, parallel_jobs=4, messages_per_job=10)
     assert relay.dispatch_once() == 12
     assert sorted(len(j.args[0]) for j in _jobs(relay)) == [3, 3, 3, 3]
 
@@ -148,7 +148,7 @@ def test_a_queued_job_of_several_messages_is_not_enqueued_again(
 ) -> None:
     event_id = _event(relay_app)
     _register(relay_app, event_id, 8)
-    relay = _relay(relay_app, "relay-t", redis_url, lease_seconds=0.2, worker_processes=2)
+    relay = _relay(relay_app, "relay-t", redis_url, lease_seconds=0.2, parallel_jobs=2)
     assert relay.dispatch_once() == 8
     assert [len(j.args[0]) for j in _jobs(relay)] == [4, 4]
     time.sleep(0.3)
@@ -163,7 +163,7 @@ def test_redeliveries_get_a_job_each(relay_app: Flask, redis_url: str) -> None:
     worker does not take the others down with it again."""
     event_id = _event(relay_app)
     _register(relay_app, event_id, 6)
-    relay = _relay(relay_app, "relay-t", redis_url, lease_seconds=0.2, worker_processes=2)
+    relay = _relay(relay_app, "relay-t", redis_url, lease_seconds=0.2, parallel_jobs=2)
     assert relay.dispatch_once() == 6
     queue = Queue(OUTBOX_QUEUE, connection=relay.redis, serializer=JSONSerializer)
     [first, _second] = _jobs(relay)
@@ -195,7 +195,7 @@ def test_a_failed_message_is_a_job_of_its_own_even_if_never_marked_dispatched(
         conn.execute(
             update(outbox_messages).where(outbox_messages.c.Id == replayed).values(ReplayCount=1)
         )
-    relay = _relay(relay_app, "relay-t", redis_url, worker_processes=1)
+    relay = _relay(relay_app, "relay-t", redis_url, parallel_jobs=1)
     assert relay.dispatch_once() == 6
     jobs = _jobs(relay)
     assert sorted(len(j.args[0]) for j in jobs) == [1, 1, 1, 3]

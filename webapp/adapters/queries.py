@@ -97,19 +97,6 @@ def registration_status(db: Executor, registration_id: str | uuid.UUID) -> dict[
     return view
 
 
-_REGISTRATION_STATUS = (
-    select(
-        *_registration_columns(),
-        events.c.Title.label("event_title"),
-        events.c.StartDate.label("start_date"),
-        events.c.Venue.label("venue"),
-    )
-    .join(users, users.c.Id == registrations.c.UserId)
-    .join(events, events.c.Id == registrations.c.EventId)
-    .where(registrations.c.Id == bindparam("id"))
-)
-
-
 def waitlist_position(db: Executor, event_id: int, queue_key: int) -> int:
     """1-based position of a queue key: waiting people at or ahead of it (partial index)."""
     params = {"event_id": event_id, "queue_key": queue_key}
@@ -219,6 +206,11 @@ _REGISTRATION_RECORD = (
     .join(users, users.c.Id == registrations.c.UserId)
     .where(registrations.c.Id == bindparam("id"))
 )
+_REGISTRATION_STATUS = _REGISTRATION_RECORD.add_columns(
+    events.c.Title.label("event_title"),
+    events.c.StartDate.label("start_date"),
+    events.c.Venue.label("venue"),
+).join(events, events.c.Id == registrations.c.EventId)
 
 
 def hottest_event_ids(db: Executor, now: datetime, limit: int = 10) -> list[int]:

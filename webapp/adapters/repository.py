@@ -102,7 +102,9 @@ class RegistrationRepository:
         the event lock, to see what a concurrent transaction committed)."""
         stmt = _current_registration_stmt()
         found = self.session.scalars(stmt, {"id": registration_id}).one_or_none()
-        return self._keep([found])[0] if found is not None else None
+        if found is not None:
+            self.loaded[found.id] = found
+        return found
 
     def active_for(self, event_id: int, attendee_id: uuid.UUID) -> Registration | None:
         stmt = select(Registration).where(
