@@ -29,6 +29,7 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 
 from webapp.adapters.cache_pages import cached_page, do_not_store, personal_value
+from webapp.adapters.lru import LruMap
 from webapp.domain import errors
 from webapp.domain.model import normalize_email
 from webapp.extensions import limiter, uow
@@ -170,9 +171,20 @@ def _live_counts() -> dict[str, Any]:
     return g._live_counts  # type: ignore[no-any-return]
 
 
+#: rendered live parts by (part, counts): an event's page is read many times between
+#: two changes of its counts, and the part depends on nothing else
+_RENDERED_PARTS: LruMap[tuple[str, tuple[tuple[str, Any], ...]], str] = LruMap(2048)
+
+
 def _live_event_part(name: str) -> Callable[[], str]:
     def render() -> str:
-        return str(get_template_attribute("public/_event_counts.html", name)(_live_counts()))
+        counts = _live_counts()
+        key = (name, tuple(sorted(counts.items())))
+        rendered = None if current_app.jinja_env.auto_reload else _RENDERED_PARTS.get(key)
+        if rendered is None:
+            rendered = str(get_template_attribute("public/_event_counts.html", name)(counts))
+            _RENDERED_PARTS.put(key, rendered)
+        return rendered
 
     return render
 
