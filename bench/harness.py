@@ -274,6 +274,7 @@ class Bench:
         before_metrics = stack.metrics()
         before_pg = pg_counters(self.conn, self.stat_statements)
         before_cpu = stack.cpu_seconds()
+        before_workers = stack.web_worker_cpu_seconds()
         profiler = self.start_profiler(stack, scenario, concurrency)
         started = time.perf_counter()
         proc = subprocess.run(
@@ -291,6 +292,7 @@ class Bench:
             raise RuntimeError(f"load generator failed: {proc.stderr.decode()[-2000:]}")
         result: dict[str, Any] = json.loads(proc.stdout)
         after_cpu = stack.cpu_seconds()
+        after_workers = stack.web_worker_cpu_seconds()
         after_pg = pg_counters(self.conn, self.stat_statements)
         after_metrics = stack.metrics()
         requests = max(result["requests"], 1)
@@ -299,6 +301,7 @@ class Bench:
             role: round(used / wall, 3)
             for role, used in Stack.cpu_used(before_cpu, after_cpu).items()
         }
+        result["web_workers"] = Stack.worker_shares(before_workers, after_workers, wall)
         result["db_transactions_per_request"] = round(
             (after_pg["transactions"] - before_pg["transactions"]) / requests, 2
         )

@@ -296,11 +296,17 @@ def _mark(met: bool | None) -> str:
     return {True: "met", False: "**missed**", None: "not measured"}[met]
 
 
-def _cpu(shares: dict[str, float] | None) -> str:
-    """Cores used per role, e.g. ``1.41 / 0.05 / 0.32``."""
+def _cpu(shares: dict[str, float] | None, web_workers: dict[str, Any] | None = None) -> str:
+    """Cores used per role, e.g. ``1.41 / 0.05 / 0.32``; with the web workers' own
+    shares after the web's, e.g. ``1.41 (0.72+0.69) / 0.05 / 0.32``, and a ``*`` where
+    a worker was replaced during the run."""
     if not shares:
         return "-"
-    return " / ".join(f"{shares.get(role, 0):.2f}" for role in ("web", "relay", "worker"))
+    cells = [f"{shares.get(role, 0):.2f}" for role in ("web", "relay", "worker")]
+    if web_workers and web_workers.get("cores"):
+        split = "+".join(f"{c:.2f}" for c in web_workers["cores"])
+        cells[0] += f" ({split}{'*' if web_workers.get('replaced') else ''})"
+    return " / ".join(cells)
 
 
 def scenario_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -323,7 +329,7 @@ def scenario_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {_fmt(sql, 2)} | {_fmt(r.get('db_transactions_per_request'), 2)} "
             f"| {'-' if hit is None else f'{hit * 100:.1f} %'} "
             f"| {_fmt((r.get('loadgen_cpu_share') or 0) * 100, 0)} % "
-            f"| {_cpu(r.get('server_cpu_share'))} |"
+            f"| {_cpu(r.get('server_cpu_share'), r.get('web_workers'))} |"
         )
     return lines
 
@@ -394,7 +400,10 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
         "(web processes only); `DB xact/req` from pg_stat_database (all processes, relay and "
         "worker included). `web / relay / worker CPU`: cores used by each process tree "
         "during the run (the machine has "
-        f"{m['cpu_cores']}; PostgreSQL, Redis and the load generator use the rest).",
+        f"{m['cpu_cores']}; PostgreSQL, Redis and the load generator use the rest); in "
+        "parentheses each gunicorn worker's own share, largest first (a worker serves the "
+        "keep-alive connections it accepted, so an uneven split caps the web), `*` where "
+        "a worker was replaced during the run (`max_requests`).",
         "",
         *scenario_table(results.get("scenarios", [])),
         "",

@@ -175,6 +175,32 @@ class Stack:
             out[role] = total
         return out
 
+    def web_worker_cpu_seconds(self) -> dict[int, float]:
+        """CPU seconds used so far by each live gunicorn worker (the master excluded), by
+        pid: how evenly the workers share the load (a worker serves the connections it
+        accepted, for as long as they stay open)."""
+        out: dict[int, float] = {}
+        for pid in self.pids("web")[1:]:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            out[pid] = times.user + times.system
+        return out
+
+    @staticmethod
+    def worker_shares(
+        before: dict[int, float], after: dict[int, float], wall: float
+    ) -> dict[str, Any]:
+        """Cores used by each web worker between two samples of
+        :meth:`web_worker_cpu_seconds`, largest first, and how many workers were
+        replaced meanwhile (``max_requests``; a new one counts from its start)."""
+        shares = sorted(
+            (round((used - before.get(pid, 0.0)) / wall, 2) for pid, used in after.items()),
+            reverse=True,
+        )
+        return {"cores": shares, "replaced": len(set(before) - set(after))}
+
     @staticmethod
     def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
         """CPU seconds per role between two samples of :meth:`cpu_seconds`."""

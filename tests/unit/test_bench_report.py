@@ -6,7 +6,7 @@ import pytest
 
 from bench import report
 from bench.loadgen import form_fields
-from bench.stack import metric_delta, parse_prometheus
+from bench.stack import Stack, metric_delta, parse_prometheus
 from bench.stats import percentile, ratio, summarize
 
 
@@ -153,3 +153,27 @@ def test_the_hot_event_is_compared_with_pgbench_on_one_event_row() -> None:
     assert ratios["vs_pgbench_one_event"]["32"]["app_registrations_per_s"] == 40.0
     text = report.markdown(results, "bench/results/x.json")
     assert "| 32 | 800 | 30.00 | 90.00 | 40.0 | 0.050 |" in text
+
+
+def test_each_web_workers_share_is_shown_and_a_replaced_worker_marked() -> None:
+    """An uneven split of the web's CPU between gunicorn workers (connections stay
+    with the worker that accepted them) is visible in the scenario table."""
+    # pid 1 was replaced during the run by pid 3; pid 2 ran throughout
+    shares = Stack.worker_shares({1: 10.0, 2: 5.0}, {2: 6.9, 3: 0.1}, wall=2.0)
+    assert shares == {"cores": [0.95, 0.05], "replaced": 1}
+
+    even = _row("event_list", 32, 2000.0, 10, 40) | {
+        "server_cpu_share": {"web": 1.5, "relay": 0.0, "worker": 0.01},
+        "web_workers": {"cores": [0.76, 0.74], "replaced": 0},
+    }
+    lopsided = _row("event_detail", 32, 1100.0, 10, 40) | {
+        "server_cpu_share": {"web": 1.0, "relay": 0.0, "worker": 0.0},
+        "web_workers": shares,
+    }
+    older = _row("read_mix", 32, 400.0, 10, 40) | {
+        "server_cpu_share": {"web": 1.1, "relay": 0.1, "worker": 0.3}
+    }
+    lines = report.scenario_table([even, lopsided, older])
+    assert lines[2].endswith("| 1.50 (0.76+0.74) / 0.00 / 0.01 |")
+    assert lines[3].endswith("| 1.00 (0.95+0.05*) / 0.00 / 0.00 |")
+    assert lines[4].endswith("| 1.10 / 0.10 / 0.30 |")  # results recorded before
