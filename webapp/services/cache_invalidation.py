@@ -55,7 +55,12 @@ from webapp.services.read_model import (
     registration_key,
     waitlist_key,
 )
-from webapp.services.unit_of_work import AfterCommitHook, BeforeCommitHook, CommitResult
+from webapp.services.unit_of_work import (
+    AfterCommitHook,
+    BeforeCommitHook,
+    CommitResult,
+    NewRegistration,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +137,7 @@ def fresh_values(result: CommitResult) -> dict[Slot, tuple[Any, str]]:
     need a query.
     """
     fresh: dict[Slot, tuple[Any, str]] = {
-        Slot(USER_INFORMATION, registration_key(new.registration_id)): (
+        _record_slot(new.registration_id): (
             {
                 "registration_id": new.registration_id,
                 "event_id": new.event_id,
@@ -172,9 +177,7 @@ def _new_positions(result: CommitResult) -> dict[Slot, int]:
         if isinstance(message, RegistrationCreated) and message.position is not None
     }
     return {
-        Slot(WAITLIST_POSITIONS, waitlist_key(new.event_id), field=str(new.queue_key)): (
-            positions[str(new.registration_id)]
-        )
+        _position_slot(new): positions[str(new.registration_id)]
         for new in result.new_registrations
         if new.queue_key is not None and str(new.registration_id) in positions
     }
@@ -182,6 +185,11 @@ def _new_positions(result: CommitResult) -> dict[Slot, int]:
 
 def _record_slot(registration_id: str) -> Slot:
     return Slot(USER_INFORMATION, registration_key(registration_id))
+
+
+def _position_slot(new: NewRegistration) -> Slot:
+    """Where a new waiting registration's position is cached: its event's hash."""
+    return Slot(WAITLIST_POSITIONS, waitlist_key(new.event_id), field=str(new.queue_key))
 
 
 def make_prepare_hook(layer: CacheLayer) -> BeforeCommitHook:
@@ -218,9 +226,7 @@ def to_refresh(result: CommitResult, stored: set[Slot]) -> tuple[set[int], set[s
     waiting = {
         str(new.registration_id)
         for new in result.new_registrations
-        if new.status == RegistrationStatus.WAITLISTED.value
-        and Slot(WAITLIST_POSITIONS, waitlist_key(new.event_id), field=str(new.queue_key))
-        not in stored
+        if new.status == RegistrationStatus.WAITLISTED.value and _position_slot(new) not in stored
     }
     for message in result.messages:
         if getattr(message, "event_id", None) is not None:
