@@ -8,7 +8,7 @@ import email.policy
 from datetime import UTC, datetime
 from typing import Any
 
-from webapp.adapters.mail import Mailer, message_id_for
+from webapp.adapters.mail import Mailer, boundary_for, message_id_for
 
 
 def _context(name: str, title: str) -> dict[str, Any]:
@@ -68,3 +68,30 @@ def test_an_ascii_mail_is_plain_7bit(tmp_path: Any) -> None:
     for part in back.iter_parts():
         assert part["Content-Transfer-Encoding"] == "7bit"
         assert part.get_content_charset() == "utf-8"
+
+
+def test_a_mail_sent_again_has_the_same_bytes_but_its_date(tmp_path: Any) -> None:
+    mailer = Mailer({"MAILBOX_DIR": str(tmp_path)})
+    context = _context("Ada", "Async Conf")
+    first, again, other = (
+        mailer.build("ada@example.test", "confirmation", context, key)
+        for key in ("m-3/confirmation", "m-3/confirmation", "m-4/confirmation")
+    )
+    for mail in (first, again, other):
+        del mail["Date"]
+    assert first.as_bytes() == again.as_bytes()
+    assert first.get_boundary() != other.get_boundary()
+
+
+def test_a_body_holding_the_boundary_gets_another_one(tmp_path: Any) -> None:
+    mailer = Mailer({"MAILBOX_DIR": str(tmp_path)})
+    usual = boundary_for("m-5/confirmation", ())
+    name = f"Ada\n--{usual}\n"  # as a line of the body it would end the part early
+    raw = mailer.build(
+        "ada@example.test", "confirmation", _context(name, "Async Conf"), "m-5/confirmation"
+    ).as_bytes()
+    back = _read(raw)
+    assert back.get_boundary() != usual
+    parts = list(back.iter_parts())
+    assert [part.get_content_type() for part in parts] == ["text/plain", "text/html"]
+    assert f"Hello {name}," in parts[0].get_content()
