@@ -185,6 +185,80 @@ def test_one_job_of_several_messages_records_each_on_its_own(
     assert counters is not None and counters["Registrations"] == 4
 
 
+def test_a_failed_database_only_handler_leaves_no_trace_and_counts_once_on_the_retry(
+    mail_app: Flask, smtp: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counter claims its inbox row before it writes: when it fails, the claim
+    rolls back with its writes, so the retry counts the registration, once."""
+    from webapp.services import async_handlers
+
+    event_id = new_event(mail_app, capacity=5)
+    register(mail_app, event_id, "ivy")
+    [row] = outbox(mail_app)
+    increment = async_handlers._increment_stats
+    failures: list[int] = []
+
+    def fail_once(*args: Any) -> None:
+        increment(*args)  # written, then undone by the failure
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("counter store unavailable")
+
+    monkeypatch.setattr(async_handlers, "_increment_stats", fail_once)
+    work = deliverer(mail_app)
+    assert work.process(row["Id"]).status == "retry"
+    assert stats(mail_app, event_id) is None
+    assert len(smtp.to("ivy@example.test")) == 1  # the mail's own transaction committed
+    with get_db(mail_app).engine.begin() as conn:  # due again now
+        conn.execute(update(outbox_messages).values(NextRetryAt=None))
+    assert work.process(row["Id"]).status == "processed"
+    assert work.process(row["Id"]).status == "skipped"
+    counters = stats(mail_app, event_id)
+    assert counters is not None and counters["Registrations"] == 1
+    assert len(smtp.to("ivy@example.test")) == 1
+
+
+def test_a_database_only_handler_cannot_commit_halfway() -> None:
+    """Its inbox row is written first: a checkpoint would mark it done before its end."""
+    from webapp.services.delivery import HandlerRun
+
+    run = HandlerRun(None, None, uuid.uuid4(), "http://x", "s", database_only=True)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="commits once"):
+        run.checkpoint()
+
+
+@pytest.mark.postgres
+def test_a_second_claim_of_a_database_only_handler_waits_then_finds_it_done(
+    postgres_url: str, redis_url: str
+) -> None:
+    """Two workers on one message (a lease expired meanwhile): the second claim of the
+    counter waits for the first transaction on the inbox's key, and after its commit
+    finds the handler done; after a rollback it may run."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import Session
+
+    from webapp.adapters import outbox_relay
+    from webapp.services.unit_of_work import utcnow
+
+    app = make_app(postgres_url, redis_url)
+    try:
+        engine = get_db(app).engine
+        message, handler = uuid.uuid4(), "webapp.services.async_handlers:count_popularity"
+        with Session(engine) as first, Session(engine) as second:
+            assert outbox_relay.claim_for_handler(first, message, handler, utcnow())
+            second.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            with pytest.raises(OperationalError, match="lock timeout"):
+                outbox_relay.claim_for_handler(second, message, handler, utcnow())
+            second.rollback()
+            first.rollback()  # the first worker failed: the claim is gone
+            assert outbox_relay.claim_for_handler(second, message, handler, utcnow())
+            second.commit()
+            assert not outbox_relay.claim_for_handler(first, message, handler, utcnow())
+    finally:
+        get_db(app).dispose()
+
+
 def one_job_listening(app: Flask, event_name: str, listener: Callable[..., None]) -> list[Any]:
     """Every pending message handled in one job, with ``listener`` on the engine's
     ``event_name`` meanwhile."""
@@ -199,10 +273,11 @@ def one_job_listening(app: Flask, event_name: str, listener: Callable[..., None]
         sa_event.remove(engine, event_name, listener)
 
 
-def test_a_message_takes_six_statements_in_a_job_of_twenty(mail_app: Flask) -> None:
-    """Bookkeeping per message: the handlers' own SQL, one statement per handler to
-    lock the row and check the inbox, one inbox row per handler; taking the job's
-    messages over and marking them processed are one statement each per job."""
+def test_a_message_takes_five_statements_in_a_job_of_twenty(mail_app: Flask) -> None:
+    """Bookkeeping per message: the handlers' own SQL; for the mail, one statement to
+    lock the row and check the inbox and one for its inbox row; for the counter
+    (database-only), one statement claiming its inbox row; taking the job's messages
+    over and marking them processed are one statement each per job."""
     event_id = new_event(mail_app, capacity=50)
     for i in range(20):
         register(mail_app, event_id, f"guest{i}")
@@ -214,9 +289,9 @@ def test_a_message_takes_six_statements_in_a_job_of_twenty(mail_app: Flask) -> N
 
     outcomes = one_job_listening(mail_app, "before_cursor_execute", count)
     assert {x.status for x in outcomes} == {"processed"}
-    # per message: 2 handlers x (lock + inbox check, handler SQL, inbox row) = 6;
-    # per job: take over, attempt rows, mark processed
-    assert len(seen) == 6 * 20 + 3, seen[:12]
+    # per message: mail (lock + inbox check, its SQL, inbox row) + counter (inbox
+    # claim, its SQL) = 5; per job: take over, attempt rows, mark processed
+    assert len(seen) == 5 * 20 + 3, seen[:12]
 
 
 def test_a_job_takes_one_connection_from_the_pool_for_all_its_transactions(

@@ -228,6 +228,28 @@ def _lock_for_handler_stmt(postgresql: bool) -> Executable:
     return stmt.with_for_update(of=outbox_messages) if postgresql else stmt
 
 
+def claim_for_handler(session: Session, message_id: uuid.UUID, handler: str, now: datetime) -> bool:
+    """Add ``handler`` to the message's inbox first, for a handler whose effects are all
+    writes in this transaction: True if this transaction added the row (the handler
+    runs and commits with it), False if the row is there (the handler ran). A
+    concurrent claim of the same handler waits on the inbox's primary key until this
+    transaction ends, then finds the row, or claims it after a rollback."""
+    params = {"id": message_id, "handler": handler, "now": now}
+    return session.execute(_CLAIM_FOR_HANDLER, params).first() is not None
+
+
+#: text, in the syntax PostgreSQL and SQLite share: SQLAlchemy does not cache a compiled
+#: ``on_conflict_do_nothing()``
+_CLAIM_FOR_HANDLER = text(
+    'INSERT INTO "ProcessedMessages" ("MessageId", "Handler", "ProcessedAt") '
+    'VALUES (:id, :handler, :now) ON CONFLICT DO NOTHING RETURNING "MessageId"'
+).bindparams(
+    bindparam("id", type_=processed_messages.c.MessageId.type),
+    bindparam("handler", type_=processed_messages.c.Handler.type),
+    bindparam("now", type_=processed_messages.c.ProcessedAt.type),
+)
+
+
 def handler_done(session: Session, message_id: uuid.UUID, handler: str) -> bool:
     """Whether the message's inbox has a row for ``handler`` (it ran and committed)."""
     params = {"id": message_id, "handler": handler}

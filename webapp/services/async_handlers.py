@@ -4,7 +4,9 @@ committed, from the outbox (at least once; each is idempotent through the inbox)
 Each handler gets the message and a :class:`HandlerContext` whose ``session`` is
 the handler's own transaction (the worker commits it together with the inbox row,
 see ``webapp.services.delivery``). A handler that sends several mails records each
-recipient with ``first_time`` and commits after each send with ``checkpoint``.
+recipient with ``first_time`` and commits after each send with ``checkpoint``. A
+handler that only writes to the database is registered ``database_only``: it then
+must not ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -104,9 +106,16 @@ def notify_waitlist_positions(message: WaitlistPositionChanged, ctx: HandlerCont
         ctx.checkpoint()
 
 
-@handles(RegistrationCreated, RegistrationCancelled, RegistrationPromoted, asynchronous=True)
+@handles(
+    RegistrationCreated,
+    RegistrationCancelled,
+    RegistrationPromoted,
+    asynchronous=True,
+    database_only=True,
+)
 def count_popularity(message: Any, ctx: HandlerContext) -> None:
-    """Business counters per event (registrations, waitlisted, cancellations, promotions)."""
+    """Business counters per event (registrations, waitlisted, cancellations, promotions):
+    one upsert, committed with the handler's inbox row."""
     column = {
         "RegistrationCreated": "Registrations",
         "RegistrationCancelled": "Cancellations",

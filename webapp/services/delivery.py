@@ -5,7 +5,10 @@ wake the relay or, in the baseline build, run the handlers inline.
 Delivery is at least once. Each handler runs in its own transaction together with
 its inbox row (``ProcessedMessages``: message id + handler name), so a redelivered
 message skips the handlers that already succeeded, and a job for a message that is
-already processed does nothing.
+already processed does nothing. A handler's transaction starts by locking the
+message's row and checking the inbox (one statement), and writes the inbox row
+after the handler; a ``database_only`` handler, whose effects commit or roll back
+with the inbox row, claims the row instead (one statement for both).
 """
 
 from __future__ import annotations
@@ -109,8 +112,10 @@ class HandlerRun:
         public_base_url: str,
         secret_key: str,
         waitlist_notice_max_position: int = 10,
+        database_only: bool = False,
     ) -> None:
         self.session = session
+        self.database_only = database_only
         self.waitlist_notice_max_position = waitlist_notice_max_position
         self.mailer = mailer
         self.message_id = str(message_id)
@@ -128,6 +133,8 @@ class HandlerRun:
         return True
 
     def checkpoint(self) -> None:
+        if self.database_only:  # its inbox row is written: a commit now would mark it done
+            raise RuntimeError("a database-only handler commits once, with its inbox row")
         self.session.commit()
         outbox_relay.lock(self.session, self._id)
 
@@ -301,7 +308,10 @@ class Deliverer:
     def _run_handler(self, mid: uuid.UUID, handler: messagebus.AsyncHandler, message: Any) -> None:
         with self._session() as session:
             try:
-                if not outbox_relay.lock_for_handler(session, mid, handler.name):
+                if handler.database_only:
+                    if not outbox_relay.claim_for_handler(session, mid, handler.name, utcnow()):
+                        return  # this handler already ran
+                elif not outbox_relay.lock_for_handler(session, mid, handler.name):
                     return  # processed meanwhile, or this handler already ran
                 ctx = HandlerRun(
                     session,
@@ -310,9 +320,11 @@ class Deliverer:
                     self.public_base_url,
                     self.secret_key,
                     self.waitlist_notice_max_position,
+                    handler.database_only,
                 )
                 handler.func(message, ctx)
-                outbox_relay.mark_handler_done(session, mid, handler.name, utcnow())
+                if not handler.database_only:
+                    outbox_relay.mark_handler_done(session, mid, handler.name, utcnow())
                 session.commit()
             except BaseException:
                 session.rollback()

@@ -23,21 +23,31 @@ class AsyncHandler:
     #: stable name, the inbox key (module:function)
     name: str
     func: Callable[..., Any]
+    #: every effect is a write in the transaction the worker gives it (no mail, no
+    #: call out, no checkpoint): it claims its inbox row first instead of locking the
+    #: message's row (see ``webapp.services.delivery``)
+    database_only: bool = False
 
 
 _sync: dict[type[Message], list[Callable[..., Any]]] = defaultdict(list)
 _async: dict[str, list[AsyncHandler]] = defaultdict(list)
 
 
-def handles(*message_types: type[Message], asynchronous: bool = False) -> Callable[[F], F]:
-    """Register the decorated function as a handler of ``message_types``."""
+def handles(
+    *message_types: type[Message], asynchronous: bool = False, database_only: bool = False
+) -> Callable[[F], F]:
+    """Register the decorated function as a handler of ``message_types``.
+    ``database_only`` (asynchronous handlers only): see :class:`AsyncHandler`."""
+    if database_only and not asynchronous:
+        raise ValueError("database_only is for asynchronous handlers")
 
     def register(func: F) -> F:
         for message_type in message_types:
             if asynchronous:
                 name = f"{func.__module__}:{func.__qualname__}"
                 if all(h.name != name for h in _async[message_type.__name__]):
-                    _async[message_type.__name__].append(AsyncHandler(name, func))
+                    handler = AsyncHandler(name, func, database_only)
+                    _async[message_type.__name__].append(handler)
             elif func not in _sync[message_type]:
                 _sync[message_type].append(func)
         return func
