@@ -185,7 +185,7 @@ def test_one_job_of_several_messages_records_each_on_its_own(
     assert counters is not None and counters["Registrations"] == 4
 
 
-def test_a_failed_database_only_handler_leaves_no_trace_and_counts_once_on_the_retry(
+def test_a_failed_handler_leaves_no_claim_and_counts_once_on_the_retry(
     mail_app: Flask, smtp: SmtpSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The counter claims its inbox row before it writes: when it fails, the claim
@@ -218,17 +218,18 @@ def test_a_failed_database_only_handler_leaves_no_trace_and_counts_once_on_the_r
     assert len(smtp.to("ivy@example.test")) == 1
 
 
-def test_a_database_only_handler_cannot_commit_halfway() -> None:
-    """Its inbox row is written first: a checkpoint would mark it done before its end."""
+def test_a_handler_that_claimed_its_inbox_row_cannot_commit_halfway() -> None:
+    """Its inbox row is written first: a checkpoint would mark it done before its end.
+    Only a handler registered with ``checkpoints=True`` may."""
     from webapp.services.delivery import HandlerRun
 
-    run = HandlerRun(None, None, uuid.uuid4(), "http://x", "s", database_only=True)  # type: ignore[arg-type]
+    run = HandlerRun(None, None, uuid.uuid4(), "http://x", "s")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="commits once"):
         run.checkpoint()
 
 
 @pytest.mark.postgres
-def test_a_second_claim_of_a_database_only_handler_waits_then_finds_it_done(
+def test_a_second_claim_of_a_handler_waits_then_finds_it_done(
     postgres_url: str, redis_url: str
 ) -> None:
     """Two workers on one message (a lease expired meanwhile): the second claim of the
@@ -273,11 +274,10 @@ def one_job_listening(app: Flask, event_name: str, listener: Callable[..., None]
         sa_event.remove(engine, event_name, listener)
 
 
-def test_a_message_takes_five_statements_in_a_job_of_twenty(mail_app: Flask) -> None:
-    """Bookkeeping per message: the handlers' own SQL; for the mail, one statement to
-    lock the row and check the inbox and one for its inbox row; for the counter
-    (database-only), one statement claiming its inbox row; taking the job's messages
-    over and marking them processed are one statement each per job."""
+def test_a_message_takes_four_statements_in_a_job_of_twenty(mail_app: Flask) -> None:
+    """Bookkeeping per message: the handlers' own SQL and one statement per handler
+    claiming its inbox row; taking the job's messages over and marking them
+    processed are one statement each per job."""
     event_id = new_event(mail_app, capacity=50)
     for i in range(20):
         register(mail_app, event_id, f"guest{i}")
@@ -289,9 +289,9 @@ def test_a_message_takes_five_statements_in_a_job_of_twenty(mail_app: Flask) -> 
 
     outcomes = one_job_listening(mail_app, "before_cursor_execute", count)
     assert {x.status for x in outcomes} == {"processed"}
-    # per message: mail (lock + inbox check, its SQL, inbox row) + counter (inbox
-    # claim, its SQL) = 5; per job: take over, attempt rows, mark processed
-    assert len(seen) == 5 * 20 + 3, seen[:12]
+    # per message: 2 handlers x (inbox claim, handler SQL) = 4; per job: take over,
+    # attempt rows, mark processed
+    assert len(seen) == 4 * 20 + 3, seen[:12]
 
 
 def test_a_job_takes_one_connection_from_the_pool_for_all_its_transactions(

@@ -229,9 +229,9 @@ def _lock_for_handler_stmt(postgresql: bool) -> Executable:
 
 
 def claim_for_handler(session: Session, message_id: uuid.UUID, handler: str, now: datetime) -> bool:
-    """Add ``handler`` to the message's inbox first, for a handler whose effects are all
-    writes in this transaction: True if this transaction added the row (the handler
-    runs and commits with it), False if the row is there (the handler ran). A
+    """Add ``handler`` to the message's inbox first, for a handler that commits once, at
+    its end: True if this transaction added the row (the handler runs, and its writes
+    commit or roll back with the row), False if the row is there (the handler ran). A
     concurrent claim of the same handler waits on the inbox's primary key until this
     transaction ends, then finds the row, or claims it after a rollback."""
     params = {"id": message_id, "handler": handler, "now": now}

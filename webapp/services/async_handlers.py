@@ -4,9 +4,8 @@ committed, from the outbox (at least once; each is idempotent through the inbox)
 Each handler gets the message and a :class:`HandlerContext` whose ``session`` is
 the handler's own transaction (the worker commits it together with the inbox row,
 see ``webapp.services.delivery``). A handler that sends several mails records each
-recipient with ``first_time`` and commits after each send with ``checkpoint``. A
-handler that only writes to the database is registered ``database_only``: it then
-must not ``checkpoint``.
+recipient with ``first_time`` and commits after each send with ``checkpoint``, and
+is registered with ``checkpoints=True``.
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ def send_promotion_mail(message: RegistrationPromoted, ctx: HandlerContext) -> N
     )
 
 
-@handles(WaitlistPositionChanged, asynchronous=True)
+@handles(WaitlistPositionChanged, asynchronous=True, checkpoints=True)
 def notify_waitlist_positions(message: WaitlistPositionChanged, ctx: HandlerContext) -> None:
     """Fan-out of one queue change to the people it moved up (done here, not in the
     request): those now within ``waitlist_notice_max_position`` places of a seat, so
@@ -106,13 +105,7 @@ def notify_waitlist_positions(message: WaitlistPositionChanged, ctx: HandlerCont
         ctx.checkpoint()
 
 
-@handles(
-    RegistrationCreated,
-    RegistrationCancelled,
-    RegistrationPromoted,
-    asynchronous=True,
-    database_only=True,
-)
+@handles(RegistrationCreated, RegistrationCancelled, RegistrationPromoted, asynchronous=True)
 def count_popularity(message: Any, ctx: HandlerContext) -> None:
     """Business counters per event (registrations, waitlisted, cancellations, promotions):
     one upsert, committed with the handler's inbox row."""

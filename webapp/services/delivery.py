@@ -5,10 +5,14 @@ wake the relay or, in the baseline build, run the handlers inline.
 Delivery is at least once. Each handler runs in its own transaction together with
 its inbox row (``ProcessedMessages``: message id + handler name), so a redelivered
 message skips the handlers that already succeeded, and a job for a message that is
-already processed does nothing. A handler's transaction starts by locking the
-message's row and checking the inbox (one statement), and writes the inbox row
-after the handler; a ``database_only`` handler, whose effects commit or roll back
-with the inbox row, claims the row instead (one statement for both).
+already processed does nothing. A handler's transaction starts by claiming its
+inbox row (one insert that does nothing if the row is there): its writes and the
+row then commit together, or roll back together when it fails, and a second run of
+the same handler (a redelivery after a lease expired) waits on the row's key, then
+finds it. A mail sent before a failed commit is sent again on the retry, with the
+same Message-ID. A handler that commits part of its work midway (``checkpoints``)
+locks the message's row and checks the inbox instead (one statement), and writes
+its inbox row at its end.
 """
 
 from __future__ import annotations
@@ -112,10 +116,10 @@ class HandlerRun:
         public_base_url: str,
         secret_key: str,
         waitlist_notice_max_position: int = 10,
-        database_only: bool = False,
+        checkpoints: bool = False,
     ) -> None:
         self.session = session
-        self.database_only = database_only
+        self.checkpoints = checkpoints
         self.waitlist_notice_max_position = waitlist_notice_max_position
         self.mailer = mailer
         self.message_id = str(message_id)
@@ -133,8 +137,8 @@ class HandlerRun:
         return True
 
     def checkpoint(self) -> None:
-        if self.database_only:  # its inbox row is written: a commit now would mark it done
-            raise RuntimeError("a database-only handler commits once, with its inbox row")
+        if not self.checkpoints:  # its inbox row is written: a commit now would mark it done
+            raise RuntimeError("a handler commits once, with its inbox row (or checkpoints=True)")
         self.session.commit()
         outbox_relay.lock(self.session, self._id)
 
@@ -308,11 +312,11 @@ class Deliverer:
     def _run_handler(self, mid: uuid.UUID, handler: messagebus.AsyncHandler, message: Any) -> None:
         with self._session() as session:
             try:
-                if handler.database_only:
-                    if not outbox_relay.claim_for_handler(session, mid, handler.name, utcnow()):
-                        return  # this handler already ran
-                elif not outbox_relay.lock_for_handler(session, mid, handler.name):
-                    return  # processed meanwhile, or this handler already ran
+                if handler.checkpoints:
+                    if not outbox_relay.lock_for_handler(session, mid, handler.name):
+                        return  # processed meanwhile, or this handler already ran
+                elif not outbox_relay.claim_for_handler(session, mid, handler.name, utcnow()):
+                    return  # this handler already ran
                 ctx = HandlerRun(
                     session,
                     self.mailer,
@@ -320,10 +324,10 @@ class Deliverer:
                     self.public_base_url,
                     self.secret_key,
                     self.waitlist_notice_max_position,
-                    handler.database_only,
+                    handler.checkpoints,
                 )
                 handler.func(message, ctx)
-                if not handler.database_only:
+                if handler.checkpoints:
                     outbox_relay.mark_handler_done(session, mid, handler.name, utcnow())
                 session.commit()
             except BaseException:

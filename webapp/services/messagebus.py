@@ -23,10 +23,11 @@ class AsyncHandler:
     #: stable name, the inbox key (module:function)
     name: str
     func: Callable[..., Any]
-    #: every effect is a write in the transaction the worker gives it (no mail, no
-    #: call out, no checkpoint): it claims its inbox row first instead of locking the
-    #: message's row (see ``webapp.services.delivery``)
-    database_only: bool = False
+    #: commits part of its work before its end (``checkpoint``: a fan-out of mails
+    #: recorded recipient by recipient): it locks the message's row and writes its
+    #: inbox row at its end; every other handler claims its inbox row first (see
+    #: ``webapp.services.delivery``)
+    checkpoints: bool = False
 
 
 _sync: dict[type[Message], list[Callable[..., Any]]] = defaultdict(list)
@@ -34,19 +35,19 @@ _async: dict[str, list[AsyncHandler]] = defaultdict(list)
 
 
 def handles(
-    *message_types: type[Message], asynchronous: bool = False, database_only: bool = False
+    *message_types: type[Message], asynchronous: bool = False, checkpoints: bool = False
 ) -> Callable[[F], F]:
     """Register the decorated function as a handler of ``message_types``.
-    ``database_only`` (asynchronous handlers only): see :class:`AsyncHandler`."""
-    if database_only and not asynchronous:
-        raise ValueError("database_only is for asynchronous handlers")
+    ``checkpoints`` (asynchronous handlers only): see :class:`AsyncHandler`."""
+    if checkpoints and not asynchronous:
+        raise ValueError("checkpoints is for asynchronous handlers")
 
     def register(func: F) -> F:
         for message_type in message_types:
             if asynchronous:
                 name = f"{func.__module__}:{func.__qualname__}"
                 if all(h.name != name for h in _async[message_type.__name__]):
-                    handler = AsyncHandler(name, func, database_only)
+                    handler = AsyncHandler(name, func, checkpoints)
                     _async[message_type.__name__].append(handler)
             elif func not in _sync[message_type]:
                 _sync[message_type].append(func)
