@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import email
 import email.policy
+import random
+import string
 from datetime import UTC, datetime
+from email.errors import HeaderParseError
+from email.policy import compat32
 from typing import Any
 
-from webapp.adapters.mail import Mailer, boundary_for, message_id_for
+import pytest
+
+from webapp.adapters.mail import MAIL_POLICY, Mailer, boundary_for, message_id_for
 
 
 def _context(name: str, title: str) -> dict[str, Any]:
@@ -95,3 +101,34 @@ def test_a_body_holding_the_boundary_gets_another_one(tmp_path: Any) -> None:
     parts = list(back.iter_parts())
     assert [part.get_content_type() for part in parts] == ["text/plain", "text/html"]
     assert f"Hello {name}," in parts[0].get_content()
+
+
+def test_mails_have_the_bytes_the_stdlib_policy_writes(tmp_path: Any) -> None:
+    """The headers' shortcut writes what ``compat32`` writes, folded and encoded
+    headers included."""
+    mailer = Mailer({"MAILBOX_DIR": str(tmp_path), "MAIL_FROM": "Événements <ev@example.test>"})
+    for name, title, to in [
+        ("Ada", "Async Conf", "ada@example.test"),
+        ("Zoë Ångström", "Café Pythön Zürich", "zoe@example.test"),
+        ("A" * 40, "A very long event title, " * 5, f"{'x' * 70}@example.test"),
+    ]:
+        mail = mailer.build(to, "confirmation", _context(name, title), f"m-6/{name}")
+        assert mail.as_bytes() == mail.as_bytes(policy=compat32)
+
+
+def test_the_header_shortcut_agrees_with_compat32_on_any_value() -> None:
+    rnd = random.Random(7)
+    alphabet = string.printable + "  \t\x1c\x7fé"
+    values = ["", " x", "x ", "a  b", "a\tb", "x" * 72, "x" * 73, "x" * 200]
+    values += [
+        "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 90))) for _ in range(3000)
+    ]
+    for value in values:
+        for name in ("To", "Subject", "Content-Type"):
+            try:
+                expected = compat32.fold_binary(name, value)
+            except HeaderParseError:  # a value that looks like a second header
+                with pytest.raises(HeaderParseError):
+                    MAIL_POLICY.fold_binary(name, value)
+                continue
+            assert MAIL_POLICY.fold_binary(name, value) == expected, (name, value)

@@ -19,6 +19,7 @@ from email.header import Header
 from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from email.policy import compat32
 from email.utils import formataddr, formatdate, parseaddr
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,30 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
 #: ``EmailMessage.set_content`` does), not base64
 _UTF8 = Charset("utf-8")
 _UTF8.body_encoding = None
+
+
+class _Compat32(type(compat32)):  # type: ignore[misc]
+    """``compat32``, the policy of ``email.mime``, with a shortcut for a header that
+    needs no folding and no encoding: a printable ASCII value whose line fits is
+    written as it is, which is what ``compat32`` writes for it (a test compares
+    them). ``compat32`` builds a ``Header`` and runs its folding for every header of
+    every mail: 0.08 of a mail's 0.13 ms to serialize."""
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        limit = self.max_line_length
+        if (
+            isinstance(value, str)
+            and value.isascii()
+            and value.isprintable()
+            and limit is not None
+            and len(name) + 2 + len(value) <= limit
+        ):
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)  # type: ignore[no-any-return]
+
+
+#: the policy of every mail built here (``as_bytes`` and ``smtplib`` use it)
+MAIL_POLICY = _Compat32()
 
 
 def _header(value: str) -> str | Header:
@@ -116,14 +141,15 @@ class Mailer:
             raise ValueError(f"mail/{template}.txt must start with a 'Subject:' line")
         html = self.env.get_template(f"mail/{template}.html").render(**context)
         text_body = body.lstrip("\n")
-        mail = MIMEMultipart("alternative", boundary_for(message_key, (text_body, html)))
+        boundary = boundary_for(message_key, (text_body, html))
+        mail = MIMEMultipart("alternative", boundary, policy=MAIL_POLICY)
         mail["Subject"] = _header(first.removeprefix("Subject:").strip())
         mail["From"] = _address(self.sender)
         mail["To"] = _address(to)
         mail["Date"] = formatdate(localtime=False, usegmt=True)
         mail["Message-ID"] = message_id_for(message_key, self.sender)
-        mail.attach(MIMEText(text_body, "plain", _UTF8))
-        mail.attach(MIMEText(html, "html", _UTF8))
+        mail.attach(MIMEText(text_body, "plain", _UTF8, policy=MAIL_POLICY))
+        mail.attach(MIMEText(html, "html", _UTF8, policy=MAIL_POLICY))
         return mail
 
     def send(self, to: str, template: str, context: dict[str, Any], message_key: str) -> None:
