@@ -498,7 +498,9 @@ class Bench:
             "pending_after_wait": self.pending(since),
             "messages": len(every),
             "commit_to_done_ms": summarize(every),
-            "commit_to_handler_done_ms_inbox": summarize(float(r[0]) for r in inbox),
+            #: to each handler's inbox row, written when the handler starts (it commits
+            #: with the handler's writes), or at its end for a handler with checkpoints
+            "commit_to_inbox_row_ms": summarize(float(r[0]) for r in inbox),
             #: relay share (commit -> enqueued) and worker share (enqueued -> done)
             "commit_to_dispatch_ms": summarize(float(a) for a, _ in split),
             "dispatch_to_done_ms": summarize(float(b) for _, b in split),
