@@ -229,10 +229,11 @@ def _lock_for_handler_stmt(postgresql: bool) -> Executable:
 
 
 def claim_for_handler(session: Session, message_id: uuid.UUID, handler: str, now: datetime) -> bool:
-    """Add ``handler`` to the message's inbox first, for a handler that commits once, at
-    its end: True if this transaction added the row (the handler runs, and its writes
-    commit or roll back with the row), False if the row is there (the handler ran). A
-    concurrent claim of the same handler waits on the inbox's primary key until this
+    """Add ``handler`` (a handler's name, or a key a handler records, such as a mail's
+    recipient) to the message's inbox unless it is there: True if this transaction
+    added the row, False if it was there. A handler that commits once claims its row
+    first: it runs only on True, and its writes commit or roll back with the row. A
+    concurrent claim of the same key waits on the inbox's primary key until this
     transaction ends, then finds the row, or claims it after a rollback."""
     params = {"id": message_id, "handler": handler, "now": now}
     return session.execute(_CLAIM_FOR_HANDLER, params).first() is not None
@@ -250,22 +251,12 @@ _CLAIM_FOR_HANDLER = text(
 )
 
 
-def handler_done(session: Session, message_id: uuid.UUID, handler: str) -> bool:
-    """Whether the message's inbox has a row for ``handler`` (it ran and committed)."""
-    params = {"id": message_id, "handler": handler}
-    return session.execute(_HANDLER_DONE, params).first() is not None
-
-
 def mark_handler_done(session: Session, message_id: uuid.UUID, handler: str, now: datetime) -> None:
     """Add ``handler`` to the message's inbox, in the handler's own transaction."""
     params = {"MessageId": message_id, "Handler": handler, "ProcessedAt": now}
     session.execute(_MARK_HANDLER_DONE, params)
 
 
-_HANDLER_DONE = select(processed_messages.c.MessageId).where(
-    processed_messages.c.MessageId == bindparam("id"),
-    processed_messages.c.Handler == bindparam("handler"),
-)
 _MARK_HANDLER_DONE = insert(processed_messages)
 
 

@@ -131,10 +131,7 @@ class HandlerRun:
         return status_links.status_url(self._base, self._secret, registration_id)
 
     def first_time(self, key: str) -> bool:
-        if outbox_relay.handler_done(self.session, self._id, key):
-            return False
-        outbox_relay.mark_handler_done(self.session, self._id, key, utcnow())
-        return True
+        return outbox_relay.claim_for_handler(self.session, self._id, key, utcnow())
 
     def checkpoint(self) -> None:
         if not self.checkpoints:  # its inbox row is written: a commit now would mark it done
