@@ -247,15 +247,15 @@ def test_a_second_claim_of_a_handler_waits_then_finds_it_done(
         engine = get_db(app).engine
         message, handler = uuid.uuid4(), "webapp.services.async_handlers:count_popularity"
         with Session(engine) as first, Session(engine) as second:
-            assert outbox_relay.claim_for_handler(first, message, handler, utcnow())
+            assert outbox_relay.claim_inbox_row(first, message, handler, utcnow())
             second.execute(text("SET LOCAL lock_timeout = '200ms'"))
             with pytest.raises(OperationalError, match="lock timeout"):
-                outbox_relay.claim_for_handler(second, message, handler, utcnow())
+                outbox_relay.claim_inbox_row(second, message, handler, utcnow())
             second.rollback()
             first.rollback()  # the first worker failed: the claim is gone
-            assert outbox_relay.claim_for_handler(second, message, handler, utcnow())
+            assert outbox_relay.claim_inbox_row(second, message, handler, utcnow())
             second.commit()
-            assert not outbox_relay.claim_for_handler(first, message, handler, utcnow())
+            assert not outbox_relay.claim_inbox_row(first, message, handler, utcnow())
     finally:
         get_db(app).dispose()
 

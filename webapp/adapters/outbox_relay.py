@@ -228,20 +228,20 @@ def _lock_for_handler_stmt(postgresql: bool) -> Executable:
     return stmt.with_for_update(of=outbox_messages) if postgresql else stmt
 
 
-def claim_for_handler(session: Session, message_id: uuid.UUID, handler: str, now: datetime) -> bool:
-    """Add ``handler`` (a handler's name, or a key a handler records, such as a mail's
+def claim_inbox_row(session: Session, message_id: uuid.UUID, key: str, now: datetime) -> bool:
+    """Add ``key`` (a handler's name, or a key a handler records, such as a mail's
     recipient) to the message's inbox unless it is there: True if this transaction
     added the row, False if it was there. A handler that commits once claims its row
     first: it runs only on True, and its writes commit or roll back with the row. A
     concurrent claim of the same key waits on the inbox's primary key until this
     transaction ends, then finds the row, or claims it after a rollback."""
-    params = {"id": message_id, "handler": handler, "now": now}
-    return session.execute(_CLAIM_FOR_HANDLER, params).first() is not None
+    params = {"id": message_id, "handler": key, "now": now}
+    return session.execute(_CLAIM_INBOX_ROW, params).first() is not None
 
 
 #: text, in the syntax PostgreSQL and SQLite share: SQLAlchemy does not cache a compiled
 #: ``on_conflict_do_nothing()``
-_CLAIM_FOR_HANDLER = text(
+_CLAIM_INBOX_ROW = text(
     'INSERT INTO "ProcessedMessages" ("MessageId", "Handler", "ProcessedAt") '
     'VALUES (:id, :handler, :now) ON CONFLICT DO NOTHING RETURNING "MessageId"'
 ).bindparams(

@@ -131,7 +131,7 @@ class HandlerRun:
         return status_links.status_url(self._base, self._secret, registration_id)
 
     def first_time(self, key: str) -> bool:
-        return outbox_relay.claim_for_handler(self.session, self._id, key, utcnow())
+        return outbox_relay.claim_inbox_row(self.session, self._id, key, utcnow())
 
     def checkpoint(self) -> None:
         if not self.checkpoints:  # its inbox row is written: a commit now would mark it done
@@ -312,7 +312,7 @@ class Deliverer:
                 if handler.checkpoints:
                     if not outbox_relay.lock_for_handler(session, mid, handler.name):
                         return  # processed meanwhile, or this handler already ran
-                elif not outbox_relay.claim_for_handler(session, mid, handler.name, utcnow()):
+                elif not outbox_relay.claim_inbox_row(session, mid, handler.name, utcnow()):
                     return  # this handler already ran
                 ctx = HandlerRun(
                     session,
