@@ -2,6 +2,12 @@
 behaves like a browser (keeps cookies, GETs the form, POSTs it with its CSRF and
 idempotency tokens, follows the 303 redirect).
 
+Each virtual client opens a new connection after ``ops_per_connection`` operations
+(default 10), keeping its cookies, as a browser does when its idle keep-alive
+connection has run out. Connections held for a whole run would stay with the gunicorn
+worker that accepted them, so a worker that accepted none at the start, or one that
+replaced a recycled worker, would idle for the rest of the run.
+
 It runs in its own process (``python -m bench.loadgen`` reads a JSON spec on stdin and
 prints a JSON result on stdout), so its CPU use is measured separately and reported.
 Raw sockets keep the client's own CPU share small: one event loop drives every
@@ -28,6 +34,8 @@ _INPUT_TAG = re.compile(rb"<input\b[^>]*>", re.IGNORECASE)
 _NAME_ATTR = re.compile(rb'\bname="([^"]*)"')
 _VALUE_ATTR = re.compile(rb'\bvalue="([^"]*)"')
 REQUEST_TIMEOUT = 10.0
+#: operations (a page view, or a browser flow of three requests) per connection
+OPS_PER_CONNECTION = 10
 
 
 class HttpError(Exception):
@@ -151,7 +159,8 @@ class Connection:
 
 # -- the browser flows --------------------------------------------------------------------
 class Client:
-    """A virtual user: one connection, records latency per request kind."""
+    """A virtual user: a cookie jar and its current connection; records latency per request
+    kind."""
 
     def __init__(self, run: Run, number: int) -> None:
         self.run = run
@@ -230,6 +239,10 @@ class Run:
         self.event_ids: list[int] = spec.get("event_ids", [])
         self.tokens: list[str] = list(spec.get("tokens", []))
         self.read_share = float(spec.get("read_share", 0.9))
+        self.ops_per_connection = int(spec.get("ops_per_connection", OPS_PER_CONNECTION))
+        if self.ops_per_connection < 1:
+            raise ValueError("ops_per_connection must be at least 1")
+        self.connects = 0
         self.random = random.Random(spec.get("seed", 7))
         self.measuring = False
         self.latencies: dict[str, list[float]] = defaultdict(list)
@@ -281,8 +294,12 @@ class Run:
 
     async def client_loop(self, number: int, deadline: float) -> None:
         client = Client(self, number)
+        ops_on_connection = 0
         try:
             while time.perf_counter() < deadline:
+                if ops_on_connection >= self.ops_per_connection:
+                    client.conn.close()  # the next request connects anew, cookies kept
+                    ops_on_connection = 0
                 if self.rate:
                     slot = self.next_slot
                     self.next_slot += 1
@@ -294,7 +311,9 @@ class Run:
                         break
                 measuring = self.measuring
                 started = time.perf_counter()
+                connects_before = client.conn.connects
                 try:
+                    ops_on_connection += 1
                     name = await self.operation(client)
                 except StopAsyncIteration:
                     return
@@ -304,8 +323,12 @@ class Run:
                         if len(self.error_samples) < 10:
                             self.error_samples.append(f"{type(error).__name__}: {error}")
                     client.conn.close()
+                    ops_on_connection = 0
                     await asyncio.sleep(0.01)
                     continue
+                finally:
+                    if measuring and self.measuring:
+                        self.connects += client.conn.connects - connects_before
                 if measuring and self.measuring:
                     self.operations[name] += 1
                     self.latencies["op:" + name].append(time.perf_counter() - started)
@@ -350,6 +373,9 @@ class Run:
             "statuses": dict(self.statuses),
             "latency_ms": {kind: summarize(v) for kind, v in sorted(self.latencies.items())},
             "tokens_exhausted": self.tokens_exhausted,
+            "ops_per_connection": self.ops_per_connection,
+            #: TCP connections opened while measuring (reconnects after errors included)
+            "connects": self.connects,
             "loadgen_cpu_s": round(cpu_seconds, 3),
             #: share of ONE core used by the load generator while measuring
             "loadgen_cpu_share": round(cpu_seconds / elapsed, 3) if elapsed else None,

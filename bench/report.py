@@ -312,8 +312,9 @@ def _cpu(shares: dict[str, float] | None, web_workers: dict[str, Any] | None = N
 def scenario_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| scenario | clients | ops/s | HTTP req/s | latency of | p50 ms | p95 ms | p99 ms "
-        "| errors | SQL/req | DB xact/req | cache hit | load-gen CPU | web / relay / worker CPU |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| errors | SQL/req | DB xact/req | cache hit | load-gen CPU | conn "
+        "| web / relay / worker CPU |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         kind = primary_kind(r["scenario"])
@@ -329,6 +330,7 @@ def scenario_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {_fmt(sql, 2)} | {_fmt(r.get('db_transactions_per_request'), 2)} "
             f"| {'-' if hit is None else f'{hit * 100:.1f} %'} "
             f"| {_fmt((r.get('loadgen_cpu_share') or 0) * 100, 0)} % "
+            f"| {_fmt(r.get('connects'), 0)} "
             f"| {_cpu(r.get('server_cpu_share'), r.get('web_workers'))} |"
         )
     return lines
@@ -344,6 +346,19 @@ def _vacuum_lines(vacuum: dict[str, Any] | None) -> list[str]:
         "`VACUUM (ANALYZE)` of its database before each run, outside the timed windows, "
         f"as autovacuum would between them ({vacuum['runs']} times, {vacuum['seconds']} s "
         "in all)."
+    ]
+
+
+def _connection_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """How the load generator's clients hold their connections (older runs: whole run)."""
+    per_connection = sorted({r["ops_per_connection"] for r in rows if "ops_per_connection" in r})
+    if not per_connection:
+        return []
+    return [
+        "- Load generator: each client opens a new keep-alive connection after "
+        f"{' / '.join(map(str, per_connection))} operations (a page view, or a flow of "
+        "three requests), keeping its cookies, as a browser does once its idle connection "
+        "has been closed; column `conn` counts the connections opened while measuring."
     ]
 
 
@@ -370,6 +385,7 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
         f"- Web: {s['web']['description']}; each scenario runs {s['duration_s']} s "
         f"after {s['warmup_s']} s of warm-up, at {', '.join(map(str, s['concurrencies']))} "
         "concurrent clients.",
+        *_connection_lines(results.get("scenarios", [])),
         "",
         "Run it: `make bench` (full, < 10 minutes) or `make bench-quick` (< 2 minutes: "
         "1 and 32 clients, 1.2 s per run, 10,000 dead letters, a burst of 200 messages). "

@@ -177,3 +177,17 @@ def test_each_web_workers_share_is_shown_and_a_replaced_worker_marked() -> None:
     assert lines[2].endswith("| 1.50 (0.76+0.74) / 0.00 / 0.01 |")
     assert lines[3].endswith("| 1.00 (0.95+0.05*) / 0.00 / 0.00 |")
     assert lines[4].endswith("| 1.10 / 0.10 / 0.30 |")  # results recorded before
+
+
+def test_the_connections_the_load_generator_opened_are_reported() -> None:
+    """Clients renew their connection every few operations (so no gunicorn worker keeps
+    all of them); the report says how often, and counts them per row."""
+    renewing = _row("event_list", 32, 2000.0, 10, 40) | {"ops_per_connection": 10, "connects": 412}
+    older = _row("event_list", 8, 1500.0, 10, 40)  # recorded before: no such fields
+    results = {**_run_header(), "scenarios": [renewing, older]}
+    text = report.markdown(results, "bench/results/x.json")
+    assert "opens a new keep-alive connection after 10 operations" in text
+    lines = report.scenario_table([renewing, older])
+    assert "| 20 % | 412 |" in lines[2]
+    assert "| 20 % | - |" in lines[3]
+    assert "opens a new" not in report.markdown({**_run_header(), "scenarios": [older]}, "x")

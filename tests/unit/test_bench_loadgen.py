@@ -1,0 +1,75 @@
+"""The load generator against a tiny keep-alive HTTP server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from bench.loadgen import Run
+
+PAGE = b"<html><body>events</body></html>"
+
+
+async def _serve(spec: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+    """Run the load generator against a server that counts connections and requests."""
+    counts = {"connections": 0, "requests": 0}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        counts["connections"] += 1
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                counts["requests"] += 1
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(PAGE), PAGE)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        result = await Run({**spec, "port": port}).main()
+    return result, counts["connections"], counts["requests"]
+
+
+def test_each_client_reconnects_after_its_operations_per_connection() -> None:
+    spec = {"scenario": "event_list", "concurrency": 2, "duration": 0.3, "ops_per_connection": 4}
+    result, connections, requests = asyncio.run(_serve(spec))
+    assert result["errors"] == 0
+    assert result["operations"] == requests > 20
+    # a new connection for every 4 page views of each client (the last may be partial)
+    assert requests / 4 <= connections <= requests / 4 + 2
+    assert result["connects"] == connections
+    assert result["ops_per_connection"] == 4
+
+
+def test_a_connection_for_the_whole_run_when_asked() -> None:
+    spec = {
+        "scenario": "event_list",
+        "concurrency": 3,
+        "duration": 0.2,
+        "ops_per_connection": 10**9,
+    }
+    result, connections, requests = asyncio.run(_serve(spec))
+    assert result["operations"] == requests > 10
+    assert connections == result["connects"] == 3
+
+
+def test_operations_per_connection_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="ops_per_connection"):
+        Run(
+            {
+                "scenario": "event_list",
+                "concurrency": 1,
+                "duration": 0.1,
+                "port": 1,
+                "ops_per_connection": 0,
+            }
+        )
