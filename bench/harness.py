@@ -202,6 +202,38 @@ def pg_counters(conn: psycopg.Connection[Any], statements: bool) -> dict[str, fl
 
 
 # -- the run ------------------------------------------------------------------------------
+def app_env(
+    database_url: str,
+    mailbox: Path,
+    *,
+    baseline: bool = False,
+    redis_db: int = REDIS_DB,
+    cache_db: int = CACHE_DB,
+) -> dict[str, str]:
+    """The app's environment in the benchmark: production settings, but rate limits far
+    above the offered load and no trace collector; ``baseline`` turns the cache off and
+    runs every handler inline."""
+    return {
+        "ENV": "production",
+        "SECRET_KEY": SECRET_KEY,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": f"{REDIS_BASE}/{redis_db}",
+        "CACHE_REDIS_URL": f"{REDIS_BASE}/{cache_db}",
+        "METRICS_TOKEN": METRICS_TOKEN,
+        "PUBLIC_BASE_URL": "http://127.0.0.1",
+        "MAILBOX_DIR": str(mailbox),
+        "SMTP_HOST": "",
+        # the load comes from one address: limits far above the offered load
+        "RATELIMIT_REGISTRATION": "10000000 per minute",
+        "RATELIMIT_LOGIN": "10000000 per minute",
+        "CACHE_ENABLED": "false" if baseline else "true",
+        "OUTBOX_SYNC_HANDLERS": "true" if baseline else "false",
+        # tracing on as in production (spans for Flask, SQLAlchemy, Redis), but no
+        # collector runs here: spans are created and dropped instead of exported
+        "OTEL_TRACES_EXPORTER": os.environ.get("BENCH_OTEL_TRACES_EXPORTER", "none"),
+    }
+
+
 class Bench:
     def __init__(self, options: Options) -> None:
         self.o = options
@@ -225,26 +257,8 @@ class Bench:
         self.conn: psycopg.Connection[Any] | None = None
 
     def env(self, baseline: bool) -> dict[str, str]:
-        mailbox = self.workdir / "mailbox"  # one mail file per logical mail, both builds
-        return {
-            "ENV": "production",
-            "SECRET_KEY": SECRET_KEY,
-            "DATABASE_URL": db_url(),
-            "REDIS_URL": f"{REDIS_BASE}/{REDIS_DB}",
-            "CACHE_REDIS_URL": f"{REDIS_BASE}/{CACHE_DB}",
-            "METRICS_TOKEN": METRICS_TOKEN,
-            "PUBLIC_BASE_URL": "http://127.0.0.1",
-            "MAILBOX_DIR": str(mailbox),
-            "SMTP_HOST": "",
-            # the load comes from one address: limits far above the offered load
-            "RATELIMIT_REGISTRATION": "10000000 per minute",
-            "RATELIMIT_LOGIN": "10000000 per minute",
-            "CACHE_ENABLED": "false" if baseline else "true",
-            "OUTBOX_SYNC_HANDLERS": "true" if baseline else "false",
-            # tracing on as in production (spans for Flask, SQLAlchemy, Redis), but no
-            # collector runs here: spans are created and dropped instead of exported
-            "OTEL_TRACES_EXPORTER": os.environ.get("BENCH_OTEL_TRACES_EXPORTER", "none"),
-        }
+        # one mail file per logical mail, both builds
+        return app_env(db_url(), self.workdir / "mailbox", baseline=baseline)
 
     # -- scenario plumbing ------------------------------------------------------------------
     def spec(self, scenario: str, concurrency: int, stage: str) -> dict[str, Any]:
@@ -880,7 +894,8 @@ def machine() -> dict[str, Any]:
 
 
 # -- in-process measurements (the web's own code, no HTTP in between) -----------------------
-def _app(env: dict[str, str]) -> Any:
+def app_from_env(env: dict[str, str]) -> Any:
+    """The app as gunicorn builds it, from ``env`` (set in this process), request logs off."""
     import logging
 
     os.environ.update(env)
@@ -899,7 +914,7 @@ def statements_probe(env: dict[str, str], seeded: Seeded) -> dict[str, Any]:
 
     from webapp.extensions import get_db
 
-    app = _app(env)
+    app = app_from_env(env)
     engine = get_db(app).engine
     counter: dict[str, Any] = {"n": 0, "sql": [], "background": 0}
     request_thread = threading.get_ident()  # the test client runs requests in this thread
@@ -1080,7 +1095,7 @@ def time_dashboard(env: dict[str, str], seeded: Seeded) -> dict[str, Any]:
 
     from webapp.extensions import get_db
 
-    app = _app(env)
+    app = app_from_env(env)
     engine = get_db(app).engine
     today = datetime.now(UTC).date()
     filters = {

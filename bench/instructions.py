@@ -1,5 +1,5 @@
-"""Instructions per outbox message of the worker's job code, counted by valgrind's
-callgrind: ``python -m bench.instructions``.
+"""Instructions per outbox message of the worker's job code, and per request of the
+web, counted by valgrind's callgrind: ``python -m bench.instructions [--web]``.
 
 The benchmark's timings drift with the machine (here the same code's CPU per
 message moved by 2x within the hour), so they cannot tell a change of a few per cent.
@@ -10,7 +10,15 @@ into a folder, tracing on as in production) under callgrind for N1 and then N2 o
 messages, and reports ``(I(N2) - I(N1)) / (N2 - N1)``: the start-up and imports
 cancel out. Compare two commits by running it in a work tree of each.
 
-Counts are the worker's process only (not PostgreSQL), and valgrind needs
+``--web`` does the same for the web's request code, with the benchmark's production
+settings (cache, rate limiter, CSRF, tracing on) through Flask's test client: a
+cached event list (``list``), a cached event page (``detail``) and a registration
+flow (``flow``: GET the form, POST it, GET the status page after the 303), each
+measured in two processes of N1 and N2 operations. The test client's own work is in
+the count (the same for every commit), gunicorn's is not. Redis databases 12 and 13
+are flushed and used.
+
+Counts are the measured process only (not PostgreSQL or Redis), and valgrind needs
 ``PYTHONMALLOC=malloc``, which makes allocation-heavy code look dearer than it is.
 Repeated runs agree within about 2 %.
 """
@@ -27,14 +35,19 @@ import sys
 import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import redis
 
-from bench.harness import ADMIN_URL, REDIS_BASE, db_url
+from bench.harness import ADMIN_URL, REDIS_BASE, app_env, app_from_env, db_url
 
 JOB_SIZE = 10
 EVENTS = 20
+#: the web's measured operations and their default N1,N2
+WEB_KINDS = {"list": "50,250", "detail": "50,250", "flow": "10,50"}
+WEB_REDIS_DB, WEB_CACHE_DB = 12, 13
 
 
 def _app(database_url: str, mailbox: str) -> Any:
@@ -96,10 +109,58 @@ def handle(database_url: str, start: int, count: int) -> None:
     shutil.rmtree(mailbox, ignore_errors=True)
 
 
-def counted(database_url: str, start: int, count: int) -> int:
-    """Instructions of one process handling ``count`` messages from ``start``."""
+def browse(database_url: str, kind: str, start: int, count: int) -> None:
+    """The measured web process: ``count`` operations of ``kind``, numbered from
+    ``start`` (a registration's e-mail address carries its number)."""
+    from sqlalchemy import select
+
+    from bench.loadgen import form_fields
+    from webapp.adapters.tables import events as events_table
+    from webapp.extensions import get_db
+
+    mailbox = Path(tempfile.mkdtemp(prefix="les-instructions-"))
+    env = app_env(database_url, mailbox, redis_db=WEB_REDIS_DB, cache_db=WEB_CACHE_DB)
+    app = app_from_env(env)
+    with get_db(app).engine.connect() as conn:
+        ids = [r[0] for r in conn.execute(select(events_table.c.Id).order_by(events_table.c.Id))]
+    client = app.test_client()
+    base = "https://localhost"
+    headers = {"Referer": base + "/"}
+
+    def get(path: str) -> Any:
+        response = client.get(path, base_url=base, headers=headers)
+        assert response.status_code == 200, (path, response.status_code)
+        return response
+
+    for n in range(start, start + count):
+        event_id = ids[n % len(ids)]
+        if kind == "list":
+            get("/")
+        elif kind == "detail":
+            get(f"/events/{event_id}")
+        else:
+            fields = form_fields(get(f"/events/{event_id}").data)
+            fields.update(name="Instructions Guest", email=f"web{n}@bench.example.com")
+            posted = client.post(
+                f"/events/{event_id}/register", data=fields, base_url=base, headers=headers
+            )
+            assert posted.status_code == 303, posted.status_code
+            get(posted.headers["Location"])
+    get_db(app).dispose()
+    shutil.rmtree(mailbox, ignore_errors=True)
+
+
+def counted(database_url: str, start: int, count: int, kind: str | None = None) -> int:
+    """Instructions of one process handling ``count`` messages (or, with ``kind``, web
+    operations) from ``start``."""
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-    command += [sys.executable, "-m", "bench.instructions", "--handle", str(start), str(count)]
+    command += [sys.executable, "-m", "bench.instructions"]
+    if kind is None:
+        command += ["--handle", str(start), str(count)]
+    else:
+        command += ["--browse", kind, str(start), str(count)]
+        for db in (WEB_REDIS_DB, WEB_CACHE_DB):  # each process starts with a cold cache
+            redis.Redis.from_url(f"{REDIS_BASE}/{db}").flushdb()
     env = {**os.environ, "PYTHONMALLOC": "malloc", "LES_INSTRUCTIONS_DB": database_url}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     found = re.search(r"Collected : (\d+)", done.stderr)
@@ -112,18 +173,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--messages", default="50,250", help="N1,N2 (default 50,250)")
     parser.add_argument(
+        "--web",
+        nargs="?",
+        const=",".join(WEB_KINDS),
+        metavar="KINDS",
+        help="count the web's requests instead: comma-separated kinds of "
+        f"{', '.join(WEB_KINDS)} (default all; N1,N2 per kind: "
+        f"{'; '.join(f'{k} {v}' for k, v in WEB_KINDS.items())})",
+    )
+    parser.add_argument(
         "--handle", nargs=2, type=int, metavar=("START", "COUNT"), help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--browse", nargs=3, metavar=("KIND", "START", "COUNT"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
     if args.handle:
         handle(os.environ["LES_INSTRUCTIONS_DB"], *args.handle)
         return 0
+    if args.browse:
+        kind, start, count = args.browse
+        browse(os.environ["LES_INSTRUCTIONS_DB"], kind, int(start), int(count))
+        return 0
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
-    small, large = (int(n) for n in args.messages.split(","))
-    if not 0 < small < large:
-        parser.error("--messages needs 0 < N1 < N2")
+    kinds = [k for k in (args.web or "").split(",") if k]
+    unknown = set(kinds) - set(WEB_KINDS)
+    if unknown:
+        parser.error(f"unknown web kinds: {sorted(unknown)}")
+    plans = {k: _counts(parser, WEB_KINDS[k]) for k in kinds}
+    if not kinds:
+        plans = {None: _counts(parser, args.messages)}
     name = f"les_instructions_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -132,16 +213,30 @@ def main(argv: list[str] | None = None) -> int:
 
         database_url = db_url(name)
         upgrade(database_url)
-        seed(database_url, small + large)
-        first, second = counted(database_url, 0, small), counted(database_url, small, large)
+        seed(database_url, 0 if kinds else sum(plans[None]))
+        result: dict[str, Any] = {}
+        for kind, (small, large) in plans.items():
+            first = counted(database_url, 0, small, kind)
+            second = counted(database_url, small, large, kind)
+            per = round((second - first) / (large - small))
+            if kind is None:
+                result = {"messages": [small, large], "instructions": [first, second]}
+                result["instructions_per_message"] = per
+            else:
+                result[kind] = {"operations": [small, large], "instructions": [first, second]}
+                result[kind]["instructions_per_operation"] = per
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    per_message = (second - first) / (large - small)
-    result = {"messages": [small, large], "instructions": [first, second]}
-    result["instructions_per_message"] = round(per_message)
     print(json.dumps(result))
     return 0
+
+
+def _counts(parser: argparse.ArgumentParser, text: str) -> tuple[int, int]:
+    small, large = (int(n) for n in text.split(","))
+    if not 0 < small < large:
+        parser.error("counts need 0 < N1 < N2")
+    return small, large
 
 
 if __name__ == "__main__":
