@@ -456,6 +456,7 @@ class Bench:
         self.results["ratios"] = report.ratios(self.results)
         self.results["targets"] = report.evaluate_targets(self.results)
         self.results["total_seconds"] = round(time.perf_counter() - t0, 1)
+        self.results["machine"]["python_yardstick_ms_end"] = python_yardstick_ms()
         self.conn.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
         return self.results
@@ -868,6 +869,26 @@ def expected_mails(conn: psycopg.Connection[Any]) -> dict[str, int] | None:
     return {"total": sum(mail.values()), "by_handler": by_handler}
 
 
+def python_yardstick_ms() -> dict[str, float]:
+    """Milliseconds of a fixed pure-Python workload (JSON, dicts, strings, sorting), best
+    and median of 15: this machine's speed for Python at the moment, so runs on
+    different machines (or on one machine whose speed drifts) can be compared. Lower
+    is faster."""
+    import timeit
+
+    data = {"id": 7, "title": "Event " * 10, "seats": list(range(60)), "venue": {"a": "b" * 80}}
+
+    def work() -> None:
+        for i in range(200):
+            text = json.dumps(data)
+            json.loads(text)
+            f"{i}:{text[:40]}".upper().split(":")
+            sorted(data["seats"], reverse=True)  # type: ignore[call-overload]
+
+    times = sorted(t / 3 * 1000 for t in timeit.repeat(work, number=3, repeat=15))
+    return {"best": round(times[0], 2), "median": round(statistics.median(times), 2)}
+
+
 def machine() -> dict[str, Any]:
     freq = psutil.cpu_freq()
     model = ""
@@ -890,6 +911,7 @@ def machine() -> dict[str, Any]:
         "redis": redis.Redis.from_url(f"{REDIS_BASE}/{REDIS_DB}").info()["redis_version"],
         "os": platform.platform(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python_yardstick_ms": python_yardstick_ms(),
     }
 
 

@@ -349,6 +349,22 @@ def _vacuum_lines(vacuum: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _yardstick_lines(m: dict[str, Any]) -> list[str]:
+    """The machine's Python speed at the start and the end (runs before: not recorded)."""
+    start, end = m.get("python_yardstick_ms"), m.get("python_yardstick_ms_end")
+    if not start:
+        return []
+
+    def both(y: dict[str, float]) -> str:
+        return f"{y['best']} ms best, {y['median']} ms median"
+
+    return [
+        "- Python yardstick (a fixed pure-Python workload, 15 times; lower is faster; to "
+        f"compare machines): {both(start)} at the start"
+        + (f"; {both(end)} at the end" if end else "")
+    ]
+
+
 def _connection_lines(rows: list[dict[str, Any]]) -> list[str]:
     """How the load generator's clients hold their connections (older runs: whole run)."""
     per_connection = sorted({r["ops_per_connection"] for r in rows if "ops_per_connection" in r})
@@ -378,6 +394,7 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
         "",
         f"- {m['cpu_cores']} CPU cores ({m.get('cpu_model') or 'unknown model'}), "
         f"{m['memory_gb']} GB memory; load average at start {m.get('load_average_at_start')}",
+        *_yardstick_lines(m),
         f"- Python {m['python']}, PostgreSQL {m['postgresql']}, Redis {m['redis']}; {m['os']}",
         "- Everything on this one machine: PostgreSQL, Redis, gunicorn, relay, worker **and** "
         "the load generator (its CPU share is in the tables, as % of one core).",

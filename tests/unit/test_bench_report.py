@@ -191,3 +191,14 @@ def test_the_connections_the_load_generator_opened_are_reported() -> None:
     assert "| 20 % | 412 |" in lines[2]
     assert "| 20 % | - |" in lines[3]
     assert "opens a new" not in report.markdown({**_run_header(), "scenarios": [older]}, "x")
+
+
+def test_the_machines_python_speed_is_reported_at_start_and_end() -> None:
+    header = _run_header()
+    header["machine"] |= {
+        "python_yardstick_ms": {"best": 3.1, "median": 4.1},
+        "python_yardstick_ms_end": {"best": 5.7, "median": 5.9},
+    }
+    text = report.markdown({**header, "scenarios": []}, "bench/results/x.json")
+    assert "3.1 ms best, 4.1 ms median at the start; 5.7 ms best, 5.9 ms median at the end" in text
+    assert "yardstick" not in report.markdown({**_run_header(), "scenarios": []}, "x")
