@@ -27,7 +27,7 @@ import psycopg
 import redis
 
 from bench import report
-from bench.loadgen import OPS_PER_CONNECTION
+from bench.loadgen import REQUESTS_PER_CONNECTION
 from bench.seed import Seeded, SeedPlan, seed, seed_dead_letters
 from bench.stack import ROOT, Stack, WebSettings, metric_delta, wait_for
 from bench.stats import summarize
@@ -84,7 +84,7 @@ class Options:
     baseline: bool = True
     pgbench: bool = True
     profile: str | None = None
-    ops_per_connection: int = OPS_PER_CONNECTION
+    requests_per_connection: int = REQUESTS_PER_CONNECTION
     seed_plan: SeedPlan = field(default_factory=SeedPlan)
 
     @classmethod
@@ -101,11 +101,11 @@ class Options:
         p.add_argument("--no-pgbench", action="store_true")
         p.add_argument("--dead-letters", type=int, default=None)
         p.add_argument(
-            "--ops-per-connection",
+            "--requests-per-connection",
             type=int,
             default=None,
-            help="operations a load generator client makes before it opens a new "
-            f"connection (default {OPS_PER_CONNECTION})",
+            help="requests a load generator connection serves before its client opens a "
+            f"new one, between operations (default {REQUESTS_PER_CONNECTION})",
         )
         p.add_argument(
             "--profile",
@@ -144,10 +144,10 @@ class Options:
         o.pgbench = not a.no_pgbench
         if a.dead_letters is not None:
             o.dead_letters = a.dead_letters
-        if a.ops_per_connection is not None:
-            if a.ops_per_connection < 1:
-                p.error("--ops-per-connection must be at least 1")
-            o.ops_per_connection = a.ops_per_connection
+        if a.requests_per_connection is not None:
+            if a.requests_per_connection < 1:
+                p.error("--requests-per-connection must be at least 1")
+            o.requests_per_connection = a.requests_per_connection
         o.profile = a.profile
         return o
 
@@ -271,7 +271,7 @@ class Bench:
             "warmup": self.o.warmup,
             "email_prefix": f"{stage[0]}{scenario[:3]}{concurrency}x{int(time.time()) % 100000}",
             "seed": concurrency,
-            "ops_per_connection": self.o.ops_per_connection,
+            "requests_per_connection": self.o.requests_per_connection,
         }
         if scenario == "event_list":
             spec["event_ids"] = [0]

@@ -2,11 +2,12 @@
 behaves like a browser (keeps cookies, GETs the form, POSTs it with its CSRF and
 idempotency tokens, follows the 303 redirect).
 
-Each virtual client opens a new connection after ``ops_per_connection`` operations
-(default 10), keeping its cookies, as a browser does when its idle keep-alive
-connection has run out. Connections held for a whole run would stay with the gunicorn
-worker that accepted them, so a worker that accepted none at the start, or one that
-replaced a recycled worker, would idle for the rest of the run.
+A virtual client opens a new connection, keeping its cookies, once its connection has
+served ``requests_per_connection`` requests (default 10), at the end of an operation
+(a page view, or a browser flow of three requests), as a browser does when its idle
+keep-alive connection has been closed. Connections held for a whole run would stay
+with the gunicorn worker that accepted them, so a worker that accepted none at the
+start, or one that replaced a recycled worker, would idle for the rest of the run.
 
 It runs in its own process (``python -m bench.loadgen`` reads a JSON spec on stdin and
 prints a JSON result on stdout), so its CPU use is measured separately and reported.
@@ -34,8 +35,8 @@ _INPUT_TAG = re.compile(rb"<input\b[^>]*>", re.IGNORECASE)
 _NAME_ATTR = re.compile(rb'\bname="([^"]*)"')
 _VALUE_ATTR = re.compile(rb'\bvalue="([^"]*)"')
 REQUEST_TIMEOUT = 10.0
-#: operations (a page view, or a browser flow of three requests) per connection
-OPS_PER_CONNECTION = 10
+#: requests a connection serves before its client opens a new one (between operations)
+REQUESTS_PER_CONNECTION = 10
 
 
 class HttpError(Exception):
@@ -72,10 +73,12 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
         self.cookies: dict[str, str] = {}
         self.connects = 0
+        self.requests = 0  # served on the current connection
 
     async def _connect(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         self.connects += 1
+        self.requests = 0
 
     def close(self) -> None:
         if self.writer is not None:
@@ -112,6 +115,7 @@ class Connection:
             except TimeoutError as error:
                 self.close()
                 raise HttpError("timeout") from error
+        self.requests += 1
         for cookie in response.set_cookies:
             name, _, rest = cookie.partition("=")
             value = rest.split(";", 1)[0]
@@ -239,9 +243,11 @@ class Run:
         self.event_ids: list[int] = spec.get("event_ids", [])
         self.tokens: list[str] = list(spec.get("tokens", []))
         self.read_share = float(spec.get("read_share", 0.9))
-        self.ops_per_connection = int(spec.get("ops_per_connection", OPS_PER_CONNECTION))
-        if self.ops_per_connection < 1:
-            raise ValueError("ops_per_connection must be at least 1")
+        self.requests_per_connection = int(
+            spec.get("requests_per_connection", REQUESTS_PER_CONNECTION)
+        )
+        if self.requests_per_connection < 1:
+            raise ValueError("requests_per_connection must be at least 1")
         self.connects = 0
         self.random = random.Random(spec.get("seed", 7))
         self.measuring = False
@@ -294,12 +300,10 @@ class Run:
 
     async def client_loop(self, number: int, deadline: float) -> None:
         client = Client(self, number)
-        ops_on_connection = 0
         try:
             while time.perf_counter() < deadline:
-                if ops_on_connection >= self.ops_per_connection:
+                if client.conn.requests >= self.requests_per_connection:
                     client.conn.close()  # the next request connects anew, cookies kept
-                    ops_on_connection = 0
                 if self.rate:
                     slot = self.next_slot
                     self.next_slot += 1
@@ -313,7 +317,6 @@ class Run:
                 started = time.perf_counter()
                 connects_before = client.conn.connects
                 try:
-                    ops_on_connection += 1
                     name = await self.operation(client)
                 except StopAsyncIteration:
                     return
@@ -323,7 +326,6 @@ class Run:
                         if len(self.error_samples) < 10:
                             self.error_samples.append(f"{type(error).__name__}: {error}")
                     client.conn.close()
-                    ops_on_connection = 0
                     await asyncio.sleep(0.01)
                     continue
                 finally:
@@ -373,7 +375,7 @@ class Run:
             "statuses": dict(self.statuses),
             "latency_ms": {kind: summarize(v) for kind, v in sorted(self.latencies.items())},
             "tokens_exhausted": self.tokens_exhausted,
-            "ops_per_connection": self.ops_per_connection,
+            "requests_per_connection": self.requests_per_connection,
             #: TCP connections opened while measuring (reconnects after errors included)
             "connects": self.connects,
             "loadgen_cpu_s": round(cpu_seconds, 3),

@@ -367,14 +367,25 @@ def _yardstick_lines(m: dict[str, Any]) -> list[str]:
 
 def _connection_lines(rows: list[dict[str, Any]]) -> list[str]:
     """How the load generator's clients hold their connections (older runs: whole run)."""
-    per_connection = sorted({r["ops_per_connection"] for r in rows if "ops_per_connection" in r})
+    per_connection = sorted(
+        {r["requests_per_connection"] for r in rows if "requests_per_connection" in r}
+    )
+    per_operations = sorted({r["ops_per_connection"] for r in rows if "ops_per_connection" in r})
+    if per_operations:  # runs of 2026-11-30, 19:10-19:30: renewed every N operations
+        return [
+            "- Load generator: a client opens a new keep-alive connection, keeping its "
+            f"cookies, after {' / '.join(map(str, per_operations))} operations (a page view "
+            "or a flow of three requests); column `conn` counts the connections opened "
+            "while measuring."
+        ]
     if not per_connection:
         return []
     return [
-        "- Load generator: each client opens a new keep-alive connection after "
-        f"{' / '.join(map(str, per_connection))} operations (a page view, or a flow of "
-        "three requests), keeping its cookies, as a browser does once its idle connection "
-        "has been closed; column `conn` counts the connections opened while measuring."
+        "- Load generator: a client opens a new keep-alive connection, keeping its "
+        f"cookies, once its connection has served {' / '.join(map(str, per_connection))} "
+        "requests (at the end of a page view or a flow), as a browser does once its idle "
+        "connection has been closed; column `conn` counts the connections opened while "
+        "measuring."
     ]
 
 

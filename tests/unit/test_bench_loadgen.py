@@ -39,15 +39,20 @@ async def _serve(spec: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
     return result, counts["connections"], counts["requests"]
 
 
-def test_each_client_reconnects_after_its_operations_per_connection() -> None:
-    spec = {"scenario": "event_list", "concurrency": 2, "duration": 0.3, "ops_per_connection": 4}
+def test_each_client_reconnects_once_its_connection_served_its_requests() -> None:
+    spec = {
+        "scenario": "event_list",
+        "concurrency": 2,
+        "duration": 0.3,
+        "requests_per_connection": 4,
+    }
     result, connections, requests = asyncio.run(_serve(spec))
     assert result["errors"] == 0
     assert result["operations"] == requests > 20
     # a new connection for every 4 page views of each client (the last may be partial)
     assert requests / 4 <= connections <= requests / 4 + 2
     assert result["connects"] == connections
-    assert result["ops_per_connection"] == 4
+    assert result["requests_per_connection"] == 4
 
 
 def test_a_connection_for_the_whole_run_when_asked() -> None:
@@ -55,21 +60,21 @@ def test_a_connection_for_the_whole_run_when_asked() -> None:
         "scenario": "event_list",
         "concurrency": 3,
         "duration": 0.2,
-        "ops_per_connection": 10**9,
+        "requests_per_connection": 10**9,
     }
     result, connections, requests = asyncio.run(_serve(spec))
     assert result["operations"] == requests > 10
     assert connections == result["connects"] == 3
 
 
-def test_operations_per_connection_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="ops_per_connection"):
+def test_requests_per_connection_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="requests_per_connection"):
         Run(
             {
                 "scenario": "event_list",
                 "concurrency": 1,
                 "duration": 0.1,
                 "port": 1,
-                "ops_per_connection": 0,
+                "requests_per_connection": 0,
             }
         )

@@ -182,11 +182,14 @@ def test_each_web_workers_share_is_shown_and_a_replaced_worker_marked() -> None:
 def test_the_connections_the_load_generator_opened_are_reported() -> None:
     """Clients renew their connection every few operations (so no gunicorn worker keeps
     all of them); the report says how often, and counts them per row."""
-    renewing = _row("event_list", 32, 2000.0, 10, 40) | {"ops_per_connection": 10, "connects": 412}
+    renewing = _row("event_list", 32, 2000.0, 10, 40) | {
+        "requests_per_connection": 10,
+        "connects": 412,
+    }
     older = _row("event_list", 8, 1500.0, 10, 40)  # recorded before: no such fields
     results = {**_run_header(), "scenarios": [renewing, older]}
     text = report.markdown(results, "bench/results/x.json")
-    assert "opens a new keep-alive connection after 10 operations" in text
+    assert "once its connection has served 10 requests" in text
     lines = report.scenario_table([renewing, older])
     assert "| 20 % | 412 |" in lines[2]
     assert "| 20 % | - |" in lines[3]
