@@ -419,7 +419,8 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
         "1 and 32 clients, 1.2 s per run, 10,000 dead letters, a burst of 200 messages). "
         "Options: "
         "`python -m bench --help` (`--scenarios`, `--concurrency`, `--duration`, "
-        "`--workers/--threads/--worker-class`, `--profile SCENARIO[:web|relay|worker]` "
+        "`--workers/--threads/--worker-class`, `--requests-per-connection`, "
+        "`--profile SCENARIO[:web|relay|worker]` "
         "for a py-spy profile of that role's processes into `var/bench/`). It uses the "
         "database `les_bench` (dropped and recreated) and Redis databases 10 and 11 only.",
         "",
