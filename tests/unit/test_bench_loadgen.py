@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -39,6 +40,13 @@ async def _serve(spec: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
     return result, counts["connections"], counts["requests"]
 
 
+def _run(spec: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+    """In a thread of its own: the browser tests' Playwright keeps an event loop
+    running in the main thread, where ``asyncio.run`` refuses to start."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(_serve(spec))).result()
+
+
 def test_each_client_reconnects_once_its_connection_served_its_requests() -> None:
     spec = {
         "scenario": "event_list",
@@ -46,7 +54,7 @@ def test_each_client_reconnects_once_its_connection_served_its_requests() -> Non
         "duration": 0.3,
         "requests_per_connection": 4,
     }
-    result, connections, requests = asyncio.run(_serve(spec))
+    result, connections, requests = _run(spec)
     assert result["errors"] == 0
     assert result["operations"] == requests > 20
     # a new connection for every 4 page views of each client (the last may be partial)
@@ -62,7 +70,7 @@ def test_a_connection_for_the_whole_run_when_asked() -> None:
         "duration": 0.2,
         "requests_per_connection": 10**9,
     }
-    result, connections, requests = asyncio.run(_serve(spec))
+    result, connections, requests = _run(spec)
     assert result["operations"] == requests > 10
     assert connections == result["connects"] == 3
 
