@@ -873,9 +873,9 @@ def expected_mails(conn: psycopg.Connection[Any]) -> dict[str, int] | None:
 
 def python_yardstick_ms() -> dict[str, float]:
     """Milliseconds of a fixed pure-Python workload (JSON, dicts, strings, sorting), best
-    and median of 15: this machine's speed for Python at the moment, so runs on
-    different machines (or on one machine whose speed drifts) can be compared. Lower
-    is faster."""
+    and median of 15: this machine's speed for pure Python at the moment, a record of
+    its drift. It does not predict the service's figures (two runs with the same
+    yardstick served one page at 540 and 283 requests/s). Lower is faster."""
     import timeit
 
     data = {"id": 7, "title": "Event " * 10, "seats": list(range(60)), "venue": {"a": "b" * 80}}

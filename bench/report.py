@@ -359,8 +359,8 @@ def _yardstick_lines(m: dict[str, Any]) -> list[str]:
         return f"{y['best']} ms best, {y['median']} ms median"
 
     return [
-        "- Python yardstick (a fixed pure-Python workload, 15 times; lower is faster; to "
-        f"compare machines): {both(start)} at the start"
+        "- Python yardstick (a fixed pure-Python workload, 15 times; lower is faster; it "
+        f"shows the machine's drift, not the service's speed): {both(start)} at the start"
         + (f"; {both(end)} at the end" if end else "")
     ]
 
