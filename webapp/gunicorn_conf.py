@@ -5,7 +5,8 @@
 Environment: ``BIND`` (default 127.0.0.1:8000), ``WEB_CONCURRENCY`` (workers),
 ``GUNICORN_THREADS``, ``GUNICORN_PRELOAD`` (default on), ``GUNICORN_TIMEOUT``,
 ``GUNICORN_MAX_REQUESTS`` (default 50,000, with 10 % jitter),
-``PROMETHEUS_MULTIPROC_DIR`` (default: a private temp dir), plus the app's settings.
+``PROMETHEUS_MULTIPROC_DIR`` (default: a private temp dir), ``WEB_CPU_NICE`` (default
+0; see ``webapp.cpu_priority``), plus the app's settings.
 
 Prometheus multiprocess mode: the metrics directory is set before
 ``prometheus_client`` is imported and emptied at start; every worker writes its own
@@ -37,6 +38,18 @@ for _stale in _metrics_dir.glob("*.db"):  # values of a previous run would be ad
 os.environ["LES_DEFER_TRACER_PROVIDER"] = "1"
 #: no background threads in the master (it forks): the workers start them in post_fork
 os.environ["LES_DEFER_BACKGROUND"] = str(os.getpid())
+
+
+def _web_cpu_priority() -> str | None:
+    """``WEB_CPU_NICE`` > 0: the master, and so every worker and thread it starts, runs
+    at that niceness, below the relay and the workers on the same machine."""
+    from webapp.cpu_priority import lower_cpu_priority, parse_niceness
+
+    niceness = parse_niceness(os.environ.get("WEB_CPU_NICE"), 0)
+    return lower_cpu_priority(niceness) if niceness else None
+
+
+_cpu_priority = _web_cpu_priority()
 
 # -- server ---------------------------------------------------------------------------------
 bind = os.environ.get("BIND", "127.0.0.1:8000")
@@ -81,6 +94,11 @@ logger_class = _json_logger_class()
 
 
 # -- hooks -------------------------------------------------------------------------------------
+def on_starting(server: Any) -> None:
+    if _cpu_priority:
+        server.log.info("web CPU priority lowered (WEB_CPU_NICE): %s", _cpu_priority)
+
+
 def post_fork(server: Any, worker: Any) -> None:
     """In the new worker: its own tracer provider, and no inherited DB connections."""
     from webapp.observability import tracing

@@ -46,7 +46,9 @@ def app_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("OTEL_", "PROMETHEUS_", "GUNICORN_", "WEB_CONCURRENCY"))
+        if not k.startswith(
+            ("OTEL_", "PROMETHEUS_", "GUNICORN_", "WEB_CONCURRENCY", "WEB_CPU_NICE")
+        )
     }
     env.update(
         DATABASE_URL=database_url,
