@@ -30,7 +30,7 @@ from bench import report
 from bench.loadgen import REQUESTS_PER_CONNECTION
 from bench.seed import Seeded, SeedPlan, seed, seed_dead_letters
 from bench.stack import ROOT, Stack, WebSettings, metric_delta, wait_for
-from bench.stats import summarize
+from bench.stats import summarize, sustained_rate
 
 ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB_NAME = os.environ.get("BENCH_DB_NAME", "les_bench")
@@ -97,6 +97,14 @@ class Options:
         p.add_argument("--worker-class", default=None, help="gunicorn worker class")
         p.add_argument("--workers", type=int, default=None)
         p.add_argument("--threads", type=int, default=None)
+        p.add_argument(
+            "--web-nice",
+            type=int,
+            default=None,
+            metavar="N",
+            help="run the web at niceness N (WEB_CPU_NICE, 0-19), below the relay and "
+            "workers; default 0, as in production",
+        )
         p.add_argument("--no-baseline", action="store_true")
         p.add_argument("--no-pgbench", action="store_true")
         p.add_argument("--dead-letters", type=int, default=None)
@@ -140,6 +148,10 @@ class Options:
             o.web.workers = a.workers
         if a.threads:
             o.web.threads = a.threads
+        if a.web_nice is not None:
+            if not 0 <= a.web_nice <= 19:
+                p.error("--web-nice must be from 0 to 19")
+            o.web.cpu_nice = a.web_nice
         o.baseline = not a.no_baseline
         o.pgbench = not a.no_pgbench
         if a.dead_letters is not None:
@@ -439,6 +451,7 @@ class Bench:
                     if scenario == "hot_event":
                         result["overbooking"] = self.overbooking(result)
                     result["outbox_after"] = self.settle(self.o.settle_s)
+                    result["sustained_ops_per_s"] = sustained_rate(result)
                     self.results["scenarios"].append(result)
             self.results["worker_throughput"] = self.worker_throughput()
             self.results["correctness"] = self.correctness(stack, baseline=False)
@@ -600,12 +613,18 @@ class Bench:
         records the backlog left by this one and how long it took to drain."""
         backlog = self.pending()
         started = time.perf_counter()
-        drained = wait_for(lambda: self.pending() == 0, timeout=limit) if backlog else True
+        # polled often: the drain time counts against the scenario's sustained rate
+        drained = (
+            wait_for(lambda: self.pending() == 0, timeout=limit, interval=0.05) if backlog else True
+        )
+        drain_s = round(time.perf_counter() - started, 2) if backlog else 0.0
         self.vacuum()
         return {
             "pending_at_end": backlog,
             "drained": drained,
             "pending_after_wait": 0 if drained else self.pending(),
+            #: until the outbox was empty (None: not within ``limit``)
+            "drain_s": drain_s if drained else None,
             "wait_s": round(time.perf_counter() - started, 2),
         }
 

@@ -34,11 +34,17 @@ class WebSettings:
     threads: int = 8  # overlap the ~25 PostgreSQL/Redis round trips of a registration
     backlog: int = 2048
     keepalive: int = 5
+    #: ``WEB_CPU_NICE``: 0 runs the web at the relay's and workers' priority, as by default
+    cpu_nice: int = 0
 
     def describe(self) -> str:
         if self.worker_class == "gthread":
-            return f"gunicorn gthread, {self.workers} workers x {self.threads} threads"
-        return f"gunicorn {self.worker_class}, {self.workers} workers"
+            text = f"gunicorn gthread, {self.workers} workers x {self.threads} threads"
+        else:
+            text = f"gunicorn {self.worker_class}, {self.workers} workers"
+        if self.cpu_nice:
+            text += f", below the relay and workers' CPU priority (WEB_CPU_NICE={self.cpu_nice})"
+        return text
 
 
 def free_port() -> int:
@@ -97,7 +103,7 @@ class Stack:
             str(self.web.keepalive),
             "webapp.wsgi:app" if (ROOT / "webapp" / "wsgi.py").exists() else "webapp:create_app()",
         ]
-        self._spawn("web", gunicorn, {})
+        self._spawn("web", gunicorn, {"WEB_CPU_NICE": str(self.web.cpu_nice)})
         if self.with_background:
             self._spawn("relay", [sys.executable, "-m", "workers.relay"], {})
             self._spawn("worker", [sys.executable, "-m", "workers"], {})

@@ -49,3 +49,15 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if not numerator or not denominator:
         return None
     return round(numerator / denominator, 3)
+
+
+def sustained_rate(scenario: dict[str, Any]) -> float | None:
+    """Operations per second with the outbox work they caused done: the operations
+    over the measured window plus the time the relay and workers took afterwards to
+    empty the outbox (``outbox_after.drain_s``). Equal to ``ops_per_s`` when nothing
+    was left; None when the outbox did not empty within the wait, or for runs that did
+    not record the drain."""
+    drain = (scenario.get("outbox_after") or {}).get("drain_s")
+    if drain is None:
+        return None
+    return round(scenario["operations"] / (scenario["duration_s"] + drain), 1)

@@ -7,7 +7,7 @@ import pytest
 from bench import report
 from bench.loadgen import form_fields
 from bench.stack import Stack, metric_delta, parse_prometheus
-from bench.stats import percentile, ratio, summarize
+from bench.stats import percentile, ratio, summarize, sustained_rate
 
 
 def test_percentile_interpolates_between_closest_ranks() -> None:
@@ -205,3 +205,50 @@ def test_the_machines_python_speed_is_reported_at_start_and_end() -> None:
     text = report.markdown({**header, "scenarios": []}, "bench/results/x.json")
     assert "3.1 ms best, 4.1 ms median at the start; 5.7 ms best, 5.9 ms median at the end" in text
     assert "yardstick" not in report.markdown({**_run_header(), "scenarios": []}, "x")
+
+
+def test_the_outbox_a_write_scenario_left_counts_against_its_rate() -> None:
+    """A run that left messages behind is credited with the time the relay and workers
+    took to finish them: 480 operations in 8 s, then 12 s of draining, is 24 a second."""
+    behind = _row("cancel_promotion", 8, 60.0, 100, 200) | {
+        "operations": 480,
+        "duration_s": 8.0,
+        "outbox_after": {"pending_at_end": 1377, "drained": True, "drain_s": 12.0},
+    }
+    current = _row("register_free", 8, 50.0, 100, 200) | {
+        "operations": 400,
+        "duration_s": 8.0,
+        "outbox_after": {"pending_at_end": 0, "drained": True, "drain_s": 0.0},
+    }
+    stuck = _row("hot_event", 32, 30.0, 100, 200) | {
+        "operations": 240,
+        "duration_s": 8.0,
+        "outbox_after": {"pending_at_end": 900, "drained": False, "drain_s": None},
+    }
+    older = _row("register_full", 8, 40.0, 100, 200) | {
+        "outbox_after": {"pending_at_end": 12, "drained": True, "wait_s": 0.5}
+    }
+    assert sustained_rate(behind) == 24.0
+    assert sustained_rate(current) == 50.0
+    assert sustained_rate(stuck) is None
+    assert sustained_rate(older) is None
+    rows = [r | {"sustained_ops_per_s": sustained_rate(r)} for r in (behind, current, stuck)]
+    reads = _row("event_list", 32, 900.0, 1, 2) | {"outbox_after": {"pending_at_end": 0}}
+    lines = report.backlog_table([*rows, older, reads])
+    assert "| cancel_promotion | 8 | 60.0 | 1,377 | 12.00 | 24.0 |" in lines
+    assert "| register_free | 8 | 50.0 | 0 | 0.00 | 50.0 |" in lines
+    assert "| hot_event | 32 | 30.0 | 900 | - | - |" in lines
+    assert "| register_full | 8 | 40.0 | 12 | - | - |" in lines
+    assert not any(line.startswith("| event_list") for line in lines)
+    assert report.backlog_table([reads]) == []
+
+
+def test_the_web_can_be_run_below_the_workers_priority_and_the_report_says_so() -> None:
+    from bench.harness import Options
+
+    options = Options.parse(["--web-nice", "10"])
+    assert options.web.cpu_nice == 10
+    assert "WEB_CPU_NICE=10" in options.web.describe()
+    assert "WEB_CPU_NICE" not in Options.parse([]).web.describe()
+    with pytest.raises(SystemExit):
+        Options.parse(["--web-nice", "20"])
