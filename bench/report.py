@@ -157,17 +157,23 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     )
     background = results.get("background", {})
-    checks.append(
-        _check(
-            "Background: commit -> handler done p99",
-            (background.get("commit_to_done_ms") or {}).get("p99"),
-            "<=",
-            500,
-            "ms",
-            f"at {background.get('achieved_registrations_per_s')} registrations/s "
-            f"(target rate {background.get('target_rate_per_s')})",
-        )
+    achieved, offered = (
+        background.get("achieved_registrations_per_s"),
+        background.get("target_rate_per_s"),
     )
+    latency = _check(
+        "Background: commit -> handler done p99",
+        (background.get("commit_to_done_ms") or {}).get("p99"),
+        "<=",
+        500,
+        "ms",
+        f"at {achieved} registrations/s (target rate {offered})",
+    )
+    if latency["met"] and achieved is not None and offered and achieved < 0.95 * offered:
+        # the target holds at its rate: a p99 at a fraction of it proves nothing more
+        latency["met"] = False
+        latency["note"] += "; met at this rate, not measured at the target rate"
+    checks.append(latency)
     burst = results.get("background_burst", {})
     checks.append(
         _check(

@@ -252,3 +252,30 @@ def test_the_web_can_be_run_below_the_workers_priority_and_the_report_says_so() 
     assert "WEB_CPU_NICE" not in Options.parse([]).web.describe()
     with pytest.raises(SystemExit):
         Options.parse(["--web-nice", "20"])
+
+
+def test_background_latency_counts_only_at_the_target_rate() -> None:
+    """A low p99 at a tenth of the 500/s target does not meet the target."""
+
+    def verdict(achieved: float, p99: float) -> dict:
+        results = {
+            "settings": {"concurrencies": [1, 32]},
+            "scenarios": [],
+            "background": {
+                "target_rate_per_s": 500.0,
+                "achieved_registrations_per_s": achieved,
+                "commit_to_done_ms": {"p99": p99},
+            },
+        }
+        (check,) = [
+            t
+            for t in report.evaluate_targets(results)
+            if t["target"] == "Background: commit -> handler done p99"
+        ]
+        return check
+
+    assert verdict(490.0, 300.0)["met"] is True
+    assert verdict(490.0, 700.0)["met"] is False
+    slow = verdict(43.8, 142.8)
+    assert slow["met"] is False
+    assert "not measured at the target rate" in slow["note"]
