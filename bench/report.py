@@ -71,6 +71,16 @@ def _check(
     }
 
 
+def _sustained_note(row: dict[str, Any] | None) -> str:
+    """The row's rate with its outbox work done, where the run left some behind."""
+    if not row or not (row.get("outbox_after") or {}).get("pending_at_end"):
+        return ""
+    sustained = row.get("sustained_ops_per_s")
+    if sustained is None:
+        return "; it left outbox messages that did not drain within the wait"
+    return f"; {_fmt(sustained)}/s with the outbox work it left done"
+
+
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 7's targets, each with the measured value and met / missed / not measured."""
     top = max(results.get("settings", {}).get("concurrencies", [32]))
@@ -85,7 +95,8 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ">=",
             1500,
             "/s",
-            "one registration = GET form + POST + GET status page (3 HTTP requests)",
+            "one registration = GET form + POST + GET status page (3 HTTP requests)"
+            + _sustained_note(reg32),
         ),
         _check(
             f"Registration POST p99 at {top} clients",
@@ -95,7 +106,14 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "ms",
         ),
         _check("Registration POST p50 at 1 client", _latency(reg1, "post", "p50"), "<=", 5, "ms"),
-        _check(f"Hot event: registrations/s at {top} clients", _posts_per_s(hot), ">=", 1000, "/s"),
+        _check(
+            f"Hot event: registrations/s at {top} clients",
+            _posts_per_s(hot),
+            ">=",
+            1000,
+            "/s",
+            _sustained_note(hot).lstrip("; "),
+        ),
     ]
     overbooked = None
     hot_rows = [r for r in results.get("scenarios", []) if r["scenario"] == "hot_event"]

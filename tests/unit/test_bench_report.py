@@ -279,3 +279,18 @@ def test_background_latency_counts_only_at_the_target_rate() -> None:
     slow = verdict(43.8, 142.8)
     assert slow["met"] is False
     assert "not measured at the target rate" in slow["note"]
+
+
+def test_the_registration_target_notes_the_rate_with_its_outbox_work_done() -> None:
+    behind = _row("register_free", 32, 66.1, 200, 480) | {
+        "outbox_after": {"pending_at_end": 162, "drained": True, "drain_s": 0.76},
+        "sustained_ops_per_s": 59.0,
+    }
+    results = {"settings": {"concurrencies": [1, 32]}, "scenarios": [behind]}
+    notes = {t["target"]: t["note"] for t in report.evaluate_targets(results)}
+    assert notes["Registration (confirmed): registrations/s at 32 clients"].endswith(
+        "; 59.0/s with the outbox work it left done"
+    )
+    behind["outbox_after"] = {"pending_at_end": 0, "drained": True, "drain_s": 0.0}
+    notes = {t["target"]: t["note"] for t in report.evaluate_targets(results)}
+    assert "outbox" not in notes["Registration (confirmed): registrations/s at 32 clients"]
