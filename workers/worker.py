@@ -18,6 +18,7 @@ from rq.worker_pool import WorkerPool
 
 from webapp.adapters import heartbeats
 from webapp.adapters.query_stats import flush_query_stats
+from webapp.observability.logs import SampledTemplates
 from webapp.observability.tracing import flush_spans
 from workers import CLEANUP_JOB, MAINTENANCE_QUEUE, QUEUES, job_message_ids, runtime
 
@@ -25,6 +26,26 @@ log = logging.getLogger("workers")
 
 HEARTBEAT_EVERY = 2.0
 CLEANUP_LOCK = "les:outbox:cleanup-scheduled"
+
+#: the INFO lines RQ (2.x) writes for every job that succeeds: dequeued, "Job OK",
+#: "Successfully completed", result kept. Four lines a job, each through the JSON
+#: handler's masking and formatting (2-5 % of a worker's CPU with one-message jobs):
+#: they are sampled at LOG_SAMPLE_RATE, as the web's request lines are. The outbox
+#: row and its attempts are the record of a message; RQ's other lines (start, stop,
+#: failures, warnings) are all kept.
+RQ_PER_JOB_LINES = (
+    "Worker %s: %s: %s (%s)",
+    "Successfully completed %s job in %ss on worker %s",
+    "Worker %s: job %s result is kept for %s seconds",
+    "Worker %s: job %s result discarded immediately",
+)
+
+
+def sample_per_job_lines() -> None:
+    """Sample RQ's per-job INFO lines in this process (idempotent)."""
+    rq_log = logging.getLogger("rq.worker")
+    if not any(isinstance(f, SampledTemplates) for f in rq_log.filters):
+        rq_log.addFilter(SampledTemplates(RQ_PER_JOB_LINES))
 
 
 class WorkHorseKilled(Exception):
@@ -41,6 +62,7 @@ class _RqTrafficUntraced:
     ``os._exit`` (multiprocessing), so what is still queued is exported when it stops."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        sample_per_job_lines()
         with suppress_instrumentation():  # RQ names its connection (CLIENT SETNAME...)
             super().__init__(*args, **kwargs)
 

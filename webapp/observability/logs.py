@@ -14,7 +14,7 @@ import logging
 import random
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -144,6 +144,26 @@ class SamplingFilter(logging.Filter):
         if self.rate >= 1.0:
             return 1.0
         return self.rate if self._random.random() < self.rate else None
+
+
+class SampledTemplates(logging.Filter):
+    """For a logger of a library: its INFO lines logged with one of ``templates`` (the
+    format strings it passes) are high-volume lines, kept at the JSON handler's
+    sampling rate and decided before the line is built (see :func:`sample_now`).
+    Its other lines, and every line above INFO, pass."""
+
+    def __init__(self, templates: Iterable[str]) -> None:
+        super().__init__()
+        self.templates = frozenset(templates)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or record.msg not in self.templates:
+            return True
+        kept = sample_now()
+        if kept is None:
+            return False
+        record.__dict__.update(kept)
+        return True
 
 
 class JsonFormatter(_BaseJsonFormatter):
