@@ -36,6 +36,7 @@ CLEANUP_LOCK = "les:outbox:cleanup-scheduled"
 RQ_PER_JOB_LINES = (
     "Worker %s: %s: %s (%s)",
     "Successfully completed %s job in %ss on worker %s",
+    "Successfully completed job %s in %ss on worker %s",  # without job descriptions
     "Worker %s: job %s result is kept for %s seconds",
     "Worker %s: job %s result discarded immediately",
 )
