@@ -67,33 +67,34 @@ def test_anything_else_is_refused_with_the_setting_named(raw):
         parse_niceness(raw, 10)
 
 
-def test_the_process_and_what_it_starts_later_run_at_the_niceness(tmp_path):
+@pytest.mark.parametrize(
+    ("group_before", "own_session", "start_at", "niceness", "group_after", "done"),
+    [
+        # not the leader of its session: the group is shared with its parent, left alone
+        ("/autogroup-1 nice 0\n", False, 0, 7, "/autogroup-1 nice 0\n", "niceness 7"),
+        # the leader of its session lowers its group's priority too
+        ("/autogroup-1 nice 3\n", True, 0, 7, "7", "niceness 7, session group niceness 7"),
+        # already at a lower priority: never raised, neither the process nor the group
+        (
+            "/autogroup-1 nice 15\n",
+            True,
+            12,
+            12,
+            "/autogroup-1 nice 15\n",
+            "niceness 12, session group niceness 15",
+        ),
+    ],
+)
+def test_the_process_what_it_starts_and_its_session_group_run_at_the_niceness(
+    tmp_path, group_before, own_session, start_at, niceness, group_after, done
+):
     group = tmp_path / "autogroup"
-    group.write_text("/autogroup-1 nice 0\n")
-    result = _run(7, group, own_session=False)
-    assert result["niceness"] == 7
-    assert result["child"] == 7
-    # not the leader of its session: the group is shared with its parent, left alone
-    assert result["autogroup"] == "/autogroup-1 nice 0\n"
-    assert result["done"] == "niceness 7"
-
-
-def test_a_session_leader_lowers_its_groups_priority_too(tmp_path):
-    group = tmp_path / "autogroup"
-    group.write_text("/autogroup-1 nice 3\n")
-    result = _run(7, group, own_session=True)
-    assert result["niceness"] == 7
-    assert result["autogroup"] == "7"
-    assert result["done"] == "niceness 7, session group niceness 7"
-
-
-def test_a_process_already_at_lower_priority_is_not_raised(tmp_path):
-    group = tmp_path / "autogroup"
-    group.write_text("/autogroup-1 nice 15\n")
-    result = _run(7, group, own_session=True, start_at=12)
-    assert result["niceness"] == 12
-    assert result["autogroup"] == "/autogroup-1 nice 15\n"
-    assert result["done"] == "niceness 12, session group niceness 15"
+    group.write_text(group_before)
+    result = _run(7, group, own_session=own_session, start_at=start_at)
+    assert result["niceness"] == niceness
+    assert result["child"] == niceness  # what it starts later runs at its niceness too
+    assert result["autogroup"] == group_after
+    assert result["done"] == done
 
 
 @pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="kernel without autogroup")
