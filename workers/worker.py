@@ -60,7 +60,8 @@ class _RqTrafficUntraced:
     its spans. The job functions trace as usual (``workers.jobs``).
 
     Spans are exported in batches, not after each job; a pool's worker ends with
-    ``os._exit`` (multiprocessing), so what is still queued is exported when it stops."""
+    ``os._exit`` (multiprocessing), so what is still queued is exported when it stops.
+    RQ's per-job log lines are sampled as well (:func:`sample_per_job_lines`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         sample_per_job_lines()
