@@ -149,9 +149,12 @@ class Options:
         if a.threads:
             o.web.threads = a.threads
         if a.web_nice is not None:
-            if not 0 <= a.web_nice <= 19:
-                p.error("--web-nice must be from 0 to 19")
-            o.web.cpu_nice = a.web_nice
+            from webapp.cpu_priority import parse_niceness
+
+            try:  # the service's own rule for WEB_CPU_NICE
+                o.web.cpu_nice = parse_niceness(str(a.web_nice), 0)
+            except ValueError as error:
+                p.error(f"--web-nice: {error}")
         o.baseline = not a.no_baseline
         o.pgbench = not a.no_pgbench
         if a.dead_letters is not None:
