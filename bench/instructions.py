@@ -10,6 +10,11 @@ into a folder, tracing on as in production) under callgrind for N1 and then N2 o
 messages, and reports ``(I(N2) - I(N1)) / (N2 - N1)``: the start-up and imports
 cancel out. Compare two commits by running it in a work tree of each.
 
+``--cancellations N1,N2`` measures the work a cancellation with promotion leaves
+the workers instead, per cancellation: its messages (cancelled, promoted, the
+waitlist's move), the promotion mail and the fan-out of ten waitlist notices, each
+recipient claimed and committed on its own.
+
 ``--web`` does the same for the web's request code, with the benchmark's production
 settings (cache, rate limiter, CSRF, tracing on) through Flask's test client: a
 cached event list (``list``), a cached event page (``detail``) and a registration
@@ -83,6 +88,51 @@ def seed(database_url: str, messages: int) -> None:
     for n in range(messages):
         registrations.register(db.unit_of_work, ids[n % EVENTS], "Guest", f"g{n}@example.test")
     db.dispose()
+
+
+#: waitlisted people behind each cancellation's promoted one: every fan-out mails the
+#: ten nearest a seat (``WAITLIST_NOTICE_MAX_POSITION``), as in the benchmark
+NOTICED = 10
+
+
+def seed_cancellations(database_url: str, cancellations: int) -> int:
+    """``cancellations`` cancellations of confirmed seats over full events with
+    waitlists, after the registrations' own messages are deleted: returns the
+    messages per cancellation."""
+    from sqlalchemy import delete, func, select
+
+    from webapp.adapters.tables import outbox_messages
+    from webapp.extensions import get_db
+    from webapp.services import events, registrations
+
+    app = _app(database_url, tempfile.mkdtemp(prefix="les-instructions-"))
+    db = get_db(app)
+    per_event = -(-cancellations // EVENTS)
+    details = events.EventDetails(
+        title="Cancellations",
+        description="d",
+        venue="v",
+        start_date=datetime.now(UTC) + timedelta(days=3),
+    )
+    seats: list[uuid.UUID] = []
+    for e in range(EVENTS):
+        event_id = events.create_event(db.unit_of_work, details, per_event)
+        for n in range(2 * per_event + NOTICED + 1):  # the seats, then the waitlist
+            outcome = registrations.register(
+                db.unit_of_work, event_id, "Guest", f"e{e}g{n}@example.test"
+            )
+            if n < per_event:
+                seats.append(outcome.registration_id)
+    with db.engine.begin() as conn:
+        conn.execute(delete(outbox_messages))
+    for registration_id in seats[:cancellations]:
+        registrations.cancel(db.unit_of_work, registration_id)
+    with db.engine.connect() as conn:
+        pending = conn.execute(select(func.count()).select_from(outbox_messages)).scalar_one()
+    db.dispose()
+    if pending % cancellations:
+        raise RuntimeError(f"{pending} messages for {cancellations} cancellations")
+    return pending // cancellations
 
 
 def handle(database_url: str, start: int, count: int) -> None:
@@ -173,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--messages", default="50,250", help="N1,N2 (default 50,250)")
     parser.add_argument(
+        "--cancellations",
+        metavar="N1,N2",
+        help="count the workers' instructions per cancellation with promotion instead "
+        "(its messages and their mails; try 10,40)",
+    )
+    parser.add_argument(
         "--web",
         nargs="?",
         const=",".join(WEB_KINDS),
@@ -202,9 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(kinds) - set(WEB_KINDS)
     if unknown:
         parser.error(f"unknown web kinds: {sorted(unknown)}")
+    if kinds and args.cancellations:
+        parser.error("--web and --cancellations measure different processes: one at a time")
     plans = {k: _counts(parser, WEB_KINDS[k]) for k in kinds}
     if not kinds:
-        plans = {None: _counts(parser, args.messages)}
+        plans = {None: _counts(parser, args.cancellations or args.messages)}
     name = f"les_instructions_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -213,13 +271,21 @@ def main(argv: list[str] | None = None) -> int:
 
         database_url = db_url(name)
         upgrade(database_url)
-        seed(database_url, 0 if kinds else sum(plans[None]))
+        per_unit = 1  # messages per measured unit (a message, or a cancellation)
+        if args.cancellations:
+            per_unit = seed_cancellations(database_url, sum(plans[None]))
+        else:
+            seed(database_url, 0 if kinds else sum(plans[None]))
         result: dict[str, Any] = {}
         for kind, (small, large) in plans.items():
-            first = counted(database_url, 0, small, kind)
-            second = counted(database_url, small, large, kind)
+            first = counted(database_url, 0, small * per_unit, kind)
+            second = counted(database_url, small * per_unit, large * per_unit, kind)
             per = round((second - first) / (large - small))
-            if kind is None:
+            if args.cancellations:
+                result = {"cancellations": [small, large], "instructions": [first, second]}
+                result["messages_per_cancellation"] = per_unit
+                result["instructions_per_cancellation"] = per
+            elif kind is None:
                 result = {"messages": [small, large], "instructions": [first, second]}
                 result["instructions_per_message"] = per
             else:
