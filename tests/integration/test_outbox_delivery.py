@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy import event as sa_event
 from sqlalchemy import select, update
 
 from tests.conftest import make_app
@@ -292,6 +293,80 @@ def test_a_message_takes_four_statements_in_a_job_of_twenty(mail_app: Flask) -> 
     # per message: 2 handlers x (inbox claim, handler SQL) = 4; per job: take over,
     # attempt rows, mark processed
     assert len(seen) == 4 * 20 + 3, seen[:12]
+
+
+def cancelled_with_waitlist(app: Flask, waiting: list[str]) -> dict[str, Any]:
+    """A full event's only seat cancelled, ``waiting`` on its waitlist, every earlier
+    message handled: returns the fan-out's message (the waitlist moved up)."""
+    event_id = new_event(app, capacity=1)
+    seat = register(app, event_id, "seated")
+    for who in waiting:
+        register(app, event_id, who)
+    work = deliverer(app)
+    for row in outbox(app):
+        work.process(row["Id"])
+    registration_service.cancel(get_db(app).unit_of_work, seat.registration_id)
+    [moved] = outbox(app, "WaitlistPositionChanged")
+    return moved
+
+
+def test_a_fan_out_takes_one_statement_per_recipient(mail_app: Flask, smtp: SmtpSink) -> None:
+    """Each notice is claimed in the inbox and committed on its own; the claim after a
+    commit also takes the message's row lock again, in the same statement."""
+    moved = cancelled_with_waitlist(mail_app, ["ann", "bob", "cat", "dan", "eve"])
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not statement.startswith(("BEGIN", "PRAGMA")):  # SQLite's transaction control
+            seen.append(statement)
+
+    sa_event.listen(get_db(mail_app).engine, "before_cursor_execute", count)
+    try:
+        [outcome] = deliverer(mail_app).process_many([moved["Id"]])
+    finally:
+        sa_event.remove(get_db(mail_app).engine, "before_cursor_execute", count)
+    assert outcome.status == "processed"
+    notified = [who for who in ("bob", "cat", "dan", "eve") if smtp.to(f"{who}@example.test")]
+    assert len(notified) == 4  # ann was promoted; the four behind her moved up
+    # take over, row lock with the inbox check, the people behind, one claim per
+    # recipient, the handler's own inbox row, attempt rows, mark processed
+    assert len(seen) == 3 + 4 + 3, seen
+
+
+def test_a_fan_out_holds_the_message_row_lock_at_every_mail(
+    postgres_url: str, redis_url: str, smtp: SmtpSink
+) -> None:
+    """A checkpoint's commit releases the row lock; the next recipient's claim takes it
+    again before the mail goes out, so an operator's replay or a dead-lettering by
+    another worker never runs between two notices."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    app = make_app(postgres_url, redis_url, **smtp.config())
+    try:
+        moved = cancelled_with_waitlist(app, ["fay", "gil", "hue", "ike"])
+        work = deliverer(app)
+        original = work.mailer.send
+        locked: list[bool] = []
+
+        def send_while_probing(*args: Any, **kwargs: Any) -> None:
+            with get_db(app).engine.connect() as probe:
+                try:
+                    probe.execute(
+                        text('SELECT 1 FROM "OutboxMessages" WHERE "Id" = :id FOR UPDATE NOWAIT'),
+                        {"id": moved["Id"]},
+                    )
+                    locked.append(False)
+                except OperationalError as error:
+                    assert "could not obtain lock" in str(error)
+                    locked.append(True)
+            original(*args, **kwargs)
+
+        work.mailer.send = send_while_probing  # type: ignore[method-assign]
+        assert work.process(moved["Id"]).status == "processed"
+        assert locked == [True, True, True]  # gil, hue and ike, after fay's promotion
+    finally:
+        get_db(app).dispose()
 
 
 def test_a_job_takes_one_connection_from_the_pool_for_all_its_transactions(

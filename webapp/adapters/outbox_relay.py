@@ -228,36 +228,57 @@ def _lock_for_handler_stmt(postgresql: bool) -> Executable:
     return stmt.with_for_update(of=outbox_messages) if postgresql else stmt
 
 
-def claim_inbox_row(session: Session, message_id: uuid.UUID, key: str, now: datetime) -> bool:
+def claim_inbox_row(
+    session: Session,
+    message_id: uuid.UUID,
+    key: str,
+    now: datetime,
+    lock_message: bool = False,
+) -> bool:
     """Add ``key`` (a handler's name, or a key a handler records, such as a mail's
     recipient) to the message's inbox unless it is there: True if this transaction
     added the row, False if it was there. A handler that commits once claims its row
     first: it runs only on True, and its writes commit or roll back with the row. A
     concurrent claim of the same key waits on the inbox's primary key until this
-    transaction ends, then finds the row, or claims it after a rollback."""
-    params = {"id": message_id, "handler": key, "now": now}
-    return session.execute(_CLAIM_INBOX_ROW, params).first() is not None
+    transaction ends, then finds the row, or claims it after a rollback.
 
+    With ``lock_message`` the same statement first locks the message's row for this
+    transaction, as :func:`lock` does (a handler that checkpoints takes the lock
+    again this way after each commit, without a statement of its own), and claims
+    nothing if the message no longer exists."""
+    params = {"id": message_id, "handler": key, "now": now}
+    stmt = _CLAIM_INBOX_ROW
+    if lock_message:
+        stmt = _claim_locking_stmt(_is_postgresql(session))
+    return session.execute(stmt, params).first() is not None
+
+
+_CLAIM_PARAMS = (
+    bindparam("id", type_=processed_messages.c.MessageId.type),
+    bindparam("handler", type_=processed_messages.c.Handler.type),
+    bindparam("now", type_=processed_messages.c.ProcessedAt.type),
+)
 
 #: text, in the syntax PostgreSQL and SQLite share: SQLAlchemy does not cache a compiled
 #: ``on_conflict_do_nothing()``
 _CLAIM_INBOX_ROW = text(
     'INSERT INTO "ProcessedMessages" ("MessageId", "Handler", "ProcessedAt") '
     'VALUES (:id, :handler, :now) ON CONFLICT DO NOTHING RETURNING "MessageId"'
-).bindparams(
-    bindparam("id", type_=processed_messages.c.MessageId.type),
-    bindparam("handler", type_=processed_messages.c.Handler.type),
-    bindparam("now", type_=processed_messages.c.ProcessedAt.type),
-)
+).bindparams(*_CLAIM_PARAMS)
 
 
-def mark_handler_done(session: Session, message_id: uuid.UUID, handler: str, now: datetime) -> None:
-    """Add ``handler`` to the message's inbox, in the handler's own transaction."""
-    params = {"MessageId": message_id, "Handler": handler, "ProcessedAt": now}
-    session.execute(_MARK_HANDLER_DONE, params)
-
-
-_MARK_HANDLER_DONE = insert(processed_messages)
+@cache
+def _claim_locking_stmt(postgresql: bool) -> Executable:
+    """The claim, from the message's row locked ``FOR UPDATE`` (on SQLite, whose write
+    transaction already excludes every other writer, from the row as it is). SQLite
+    needs the ``WHERE`` to read ``ON CONFLICT`` as the upsert's, not a join's."""
+    lock = " FOR UPDATE" if postgresql else ""
+    return text(
+        f'WITH message AS (SELECT "Id" FROM "OutboxMessages" WHERE "Id" = :id{lock}) '
+        'INSERT INTO "ProcessedMessages" ("MessageId", "Handler", "ProcessedAt") '
+        'SELECT "Id", :handler, :now FROM message WHERE true '
+        'ON CONFLICT DO NOTHING RETURNING "MessageId"'
+    ).bindparams(*_CLAIM_PARAMS)
 
 
 @dataclass(frozen=True)

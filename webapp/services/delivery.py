@@ -12,7 +12,9 @@ the same handler (a redelivery after a lease expired) waits on the row's key, th
 finds it. A mail sent before a failed commit is sent again on the retry, with the
 same Message-ID. A handler that commits part of its work midway (``checkpoints``)
 locks the message's row and checks the inbox instead (one statement), and writes
-its inbox row at its end.
+its inbox row at its end. Each commit releases the row lock; its next claim (a
+recipient's, or its own at the end) takes it again in the same statement, so the
+row is locked whenever the handler writes or mails.
 """
 
 from __future__ import annotations
@@ -126,18 +128,31 @@ class HandlerRun:
         self._id = message_id
         self._base = public_base_url
         self._secret = secret_key
+        #: a checkpoint committed, which released the message's row lock: the next
+        #: claim takes it again
+        self._relock = False
 
     def status_url(self, registration_id: str) -> str:
         return status_links.status_url(self._base, self._secret, registration_id)
 
     def first_time(self, key: str) -> bool:
-        return outbox_relay.claim_inbox_row(self.session, self._id, key, utcnow())
+        relock, self._relock = self._relock, False
+        return outbox_relay.claim_inbox_row(
+            self.session, self._id, key, utcnow(), lock_message=relock
+        )
 
     def checkpoint(self) -> None:
         if not self.checkpoints:  # its inbox row is written: a commit now would mark it done
             raise RuntimeError("a handler commits once, with its inbox row (or checkpoints=True)")
         self.session.commit()
-        outbox_relay.lock(self.session, self._id)
+        self._relock = True
+
+    def mark_done(self, handler: str) -> None:
+        """A handler that checkpoints is done: its own inbox row (the message's row
+        locked again first if a checkpoint released it). Found there already, a
+        second run of it finished first; the recipients' rows kept either from
+        mailing anyone twice."""
+        self.first_time(handler)
 
 
 @dataclass(frozen=True)
@@ -325,7 +340,7 @@ class Deliverer:
                 )
                 handler.func(message, ctx)
                 if handler.checkpoints:
-                    outbox_relay.mark_handler_done(session, mid, handler.name, utcnow())
+                    ctx.mark_done(handler.name)
                 session.commit()
             except BaseException:
                 session.rollback()
