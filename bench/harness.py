@@ -77,8 +77,10 @@ class Options:
     background_burst: int = 3000
     pgbench_duration: float = 8.0
     dead_letters: int = 100_000
-    #: longest wait for the outbox backlog after a scenario / at the end
-    settle_s: float = 15.0
+    #: longest wait for the outbox backlog after a scenario / at the end: long enough
+    #: that a write row's drain, and so its sustained rate, is measured (cancellations
+    #: left more than 15 s of work on a fast machine, 2,000-2,900 messages)
+    settle_s: float = 45.0
     drain_s: float = 45.0
     web: WebSettings = field(default_factory=WebSettings)
     baseline: bool = True
