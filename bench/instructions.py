@@ -15,6 +15,10 @@ the workers instead, per cancellation: its messages (cancelled, promoted, the
 waitlist's move), the promotion mail and the fan-out of ten waitlist notices, each
 recipient claimed and committed on its own.
 
+``--relay N1,N2`` counts the relay's instructions per pass that finds one message
+(claim, enqueue to Redis, mark dispatched), as at a light load, where every commit
+wakes the relay for its message alone.
+
 ``--web`` does the same for the web's request code, with the benchmark's production
 settings (cache, rate limiter, CSRF, tracing on) through Flask's test client: a
 cached event list (``list``), a cached event page (``detail``) and a registration
@@ -53,6 +57,8 @@ EVENTS = 20
 #: the web's measured operations and their default N1,N2
 WEB_KINDS = {"list": "50,250", "detail": "50,250", "flow": "10,50"}
 WEB_REDIS_DB, WEB_CACHE_DB = 12, 13
+#: the measured process is the relay (``--relay``)
+RELAY = "relay"
 
 
 def _app(database_url: str, mailbox: str) -> Any:
@@ -159,6 +165,21 @@ def handle(database_url: str, start: int, count: int) -> None:
     shutil.rmtree(mailbox, ignore_errors=True)
 
 
+def dispatch(database_url: str, count: int) -> None:
+    """The measured relay process: ``count`` passes of one message each, enqueued
+    into Redis database 12 (the oldest messages not yet leased)."""
+    from webapp.extensions import get_db
+    from workers.relay import Relay
+
+    app = _app(database_url, tempfile.mkdtemp(prefix="les-instructions-"))
+    db = get_db(app)
+    queue = redis.Redis.from_url(app.config["REDIS_URL"])
+    relay = Relay(db, queue, database_url, name="instructions", batch_size=1, parallel_jobs=2)
+    for _ in range(count):
+        assert relay.dispatch_once() == 1
+    db.dispose()
+
+
 def browse(database_url: str, kind: str, start: int, count: int) -> None:
     """The measured web process: ``count`` operations of ``kind``, numbered from
     ``start`` (a registration's e-mail address carries its number)."""
@@ -201,12 +222,15 @@ def browse(database_url: str, kind: str, start: int, count: int) -> None:
 
 
 def counted(database_url: str, start: int, count: int, kind: str | None = None) -> int:
-    """Instructions of one process handling ``count`` messages (or, with ``kind``, web
-    operations) from ``start``."""
+    """Instructions of one process handling ``count`` messages from ``start`` (with
+    ``kind``: web operations, or relay passes)."""
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     command += [sys.executable, "-m", "bench.instructions"]
     if kind is None:
         command += ["--handle", str(start), str(count)]
+    elif kind == RELAY:
+        command += ["--dispatch", str(count)]
+        redis.Redis.from_url(f"{REDIS_BASE}/{WEB_REDIS_DB}").flushdb()
     else:
         command += ["--browse", kind, str(start), str(count)]
         for db in (WEB_REDIS_DB, WEB_CACHE_DB):  # each process starts with a cold cache
@@ -229,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         "(its messages and their mails; try 10,40)",
     )
     parser.add_argument(
+        "--relay",
+        metavar="N1,N2",
+        help="count the relay's instructions per one-message pass instead (try 50,250)",
+    )
+    parser.add_argument(
         "--web",
         nargs="?",
         const=",".join(WEB_KINDS),
@@ -240,12 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--handle", nargs=2, type=int, metavar=("START", "COUNT"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--dispatch", type=int, metavar="COUNT", help=argparse.SUPPRESS)
     parser.add_argument(
         "--browse", nargs=3, metavar=("KIND", "START", "COUNT"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
     if args.handle:
         handle(os.environ["LES_INSTRUCTIONS_DB"], *args.handle)
+        return 0
+    if args.dispatch:
+        dispatch(os.environ["LES_INSTRUCTIONS_DB"], args.dispatch)
         return 0
     if args.browse:
         kind, start, count = args.browse
@@ -258,10 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(kinds) - set(WEB_KINDS)
     if unknown:
         parser.error(f"unknown web kinds: {sorted(unknown)}")
-    if kinds and args.cancellations:
-        parser.error("--web and --cancellations measure different processes: one at a time")
+    if sum(map(bool, (kinds, args.cancellations, args.relay))) > 1:
+        parser.error("--web, --cancellations and --relay measure different work: one at a time")
     plans = {k: _counts(parser, WEB_KINDS[k]) for k in kinds}
-    if not kinds:
+    if args.relay:
+        plans = {RELAY: _counts(parser, args.relay)}
+    elif not kinds:
         plans = {None: _counts(parser, args.cancellations or args.messages)}
     name = f"les_instructions_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
@@ -275,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cancellations:
             per_unit = seed_cancellations(database_url, sum(plans[None]))
         else:
-            seed(database_url, 0 if kinds else sum(plans[None]))
+            seed(database_url, sum(plans.get(None) or plans.get(RELAY) or (0,)))
         result: dict[str, Any] = {}
         for kind, (small, large) in plans.items():
             first = counted(database_url, 0, small * per_unit, kind)
@@ -288,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             elif kind is None:
                 result = {"messages": [small, large], "instructions": [first, second]}
                 result["instructions_per_message"] = per
+            elif kind == RELAY:
+                result = {"passes": [small, large], "instructions": [first, second]}
+                result["instructions_per_pass"] = per
             else:
                 result[kind] = {"operations": [small, large], "instructions": [first, second]}
                 result[kind]["instructions_per_operation"] = per
