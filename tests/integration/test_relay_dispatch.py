@@ -91,6 +91,45 @@ def test_a_few_messages_get_one_json_job_each(relay_app: Flask, redis_url: str) 
     assert relay.dispatch_once() == 0  # leased: nobody claims them again
 
 
+def test_a_pass_claims_the_oldest_in_one_statement_and_marks_them_in_another(
+    relay_app: Flask, redis_url: str
+) -> None:
+    """At a light load every commit wakes the relay for its message alone, so a pass's
+    work is the relay's cost per message: one statement claims the oldest due
+    messages and writes their lease, one marks them dispatched once their jobs are in
+    Redis, both on one connection from the pool."""
+    from sqlalchemy import event as sa_event
+
+    event_id = _event(relay_app)
+    _register(relay_app, event_id, 3)
+    oldest = sorted(_rows(relay_app), key=lambda r: r["CreatedAt"])
+    relay = _relay(relay_app, "relay-o", redis_url, batch_size=2)
+    seen: list[str] = []
+    checkouts: list[Any] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not statement.startswith(("BEGIN", "PRAGMA")):  # SQLite's transaction control
+            seen.append(statement)
+
+    def checkout(*args: Any) -> None:
+        checkouts.append(args)
+
+    engine = get_db(relay_app).engine
+    sa_event.listen(engine, "before_cursor_execute", count)
+    sa_event.listen(engine.pool, "checkout", checkout)
+    try:
+        assert relay.dispatch_once() == 2
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count)
+        sa_event.remove(engine.pool, "checkout", checkout)
+    assert [s.split()[0] for s in seen] == ["UPDATE", "UPDATE"], seen
+    assert len(checkouts) == 1
+    leased = {r["Id"] for r in _rows(relay_app) if r["LockedBy"] == "relay-o"}
+    assert leased == {oldest[0]["Id"], oldest[1]["Id"]}
+    assert {j.id for j in _jobs(relay)} == {str(oldest[0]["Id"]), str(oldest[1]["Id"])}
+    assert relay.dispatch_once() == 1  # the youngest, in the next pass
+
+
 def test_a_burst_is_shared_out_in_jobs_of_several_messages(
     relay_app: Flask, redis_url: str
 ) -> None:

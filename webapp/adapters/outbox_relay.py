@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import and_, any_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY as postgresql_array
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
@@ -70,7 +71,8 @@ def due_clause(now: datetime | BindParameter[Any]) -> Any:
 def claim(
     session: Session, now: datetime, relay: str, limit: int, lease_seconds: float
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due messages, oldest first, to ``relay``.
+    """Lease up to ``limit`` due messages, oldest first, to ``relay``: one statement
+    picks them and writes the lease.
 
     PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets several relays claim disjoint
     batches; the lease (``LockedUntil``) hides the rows from the others until it
@@ -79,13 +81,9 @@ def claim(
     Call inside a transaction and commit right after.
     """
     stmt = _claim_stmt(_is_postgresql(session))
-    params = {"now": now, "limit": limit}
-    rows = [Claimed(*row) for row in session.execute(stmt, params)]
-    if rows:
-        until = now + timedelta(seconds=lease_seconds)
-        params = {"ids": [r.id for r in rows], "until": until, "relay": relay}
-        session.execute(_LEASE_TO_RELAY, params)
-    return rows
+    params = {"now": now, "limit": limit, "until": now + timedelta(seconds=lease_seconds)}
+    rows = [Claimed(*row) for row in session.execute(stmt, params | {"relay": relay})]
+    return sorted(rows, key=lambda c: c.created_at)  # RETURNING keeps no order
 
 
 def _is_postgresql(session: Session) -> bool:
@@ -94,22 +92,22 @@ def _is_postgresql(session: Session) -> bool:
 
 @cache
 def _claim_stmt(postgresql: bool) -> Executable:
-    stmt = (
-        select(
-            o.Id, o.Type, o.CreatedAt, o.TraceContext, o.DispatchedAt, o.RetryCount, o.ReplayCount
-        )
+    due = (
+        select(o.Id)
         .where(due_clause(bindparam("now")))
         .order_by(o.CreatedAt)
         .limit(bindparam("limit"))
     )
-    return stmt.with_for_update(skip_locked=True) if postgresql else stmt
-
-
-_LEASE_TO_RELAY = (
-    update(outbox_messages)
-    .where(o.Id.in_(bindparam("ids", expanding=True)))
-    .values(LockedUntil=bindparam("until"), LockedBy=bindparam("relay"))
-)
+    if postgresql:
+        due = due.with_for_update(skip_locked=True)
+    return (
+        update(outbox_messages)
+        .where(o.Id.in_(due.scalar_subquery()))
+        .values(LockedUntil=bindparam("until"), LockedBy=bindparam("relay"))
+        .returning(
+            o.Id, o.Type, o.CreatedAt, o.TraceContext, o.DispatchedAt, o.RetryCount, o.ReplayCount
+        )
+    )
 
 
 def mark_dispatched(
@@ -119,18 +117,29 @@ def mark_dispatched(
     if ids:
         until = now + timedelta(seconds=lease_seconds)
         params = {"ids": list(ids), "relay": relay, "now": now, "until": until}
-        session.execute(_MARK_DISPATCHED, params)
+        session.execute(_mark_dispatched_stmt(_is_postgresql(session)), params)
 
 
-_MARK_DISPATCHED = (
-    update(outbox_messages)
-    .where(
-        o.Id.in_(bindparam("ids", expanding=True)),
-        o.LockedBy == bindparam("relay"),
-        o.ProcessedAt.is_(None),
+@cache
+def _mark_dispatched_stmt(postgresql: bool) -> Executable:
+    return (
+        update(outbox_messages)
+        .where(
+            _id_among(postgresql),
+            o.LockedBy == bindparam("relay"),
+            o.ProcessedAt.is_(None),
+        )
+        .values(DispatchedAt=bindparam("now"), LockedUntil=bindparam("until"))
     )
-    .values(DispatchedAt=bindparam("now"), LockedUntil=bindparam("until"))
-)
+
+
+def _id_among(postgresql: bool) -> Any:
+    """``Id`` is one of the list bound as ``ids``: one array parameter on PostgreSQL
+    (``= ANY``), which SQLAlchemy binds as it is; an ``IN`` list elsewhere, which it
+    renders into the statement's text for each length at every execution."""
+    if postgresql:
+        return o.Id == any_(bindparam("ids", type_=postgresql_array(o.Id.type)))
+    return o.Id.in_(bindparam("ids", expanding=True))
 
 
 def extend_lease(session: Session, ids: Sequence[uuid.UUID], relay: str, until: datetime) -> None:
@@ -178,19 +187,22 @@ def take_over_many(
         return {}
     until = now + timedelta(seconds=lease_seconds)
     params = {"ids": list(message_ids), "until": until, "worker": worker, "now": now}
-    return {row.Id: dict(row._mapping) for row in session.execute(_TAKE_OVER, params)}
+    rows = session.execute(_take_over_stmt(_is_postgresql(session)), params)
+    return {row.Id: dict(row._mapping) for row in rows}
 
 
-_TAKE_OVER = (
-    update(outbox_messages)
-    .where(o.Id.in_(bindparam("ids", expanding=True)), pending_clause())
-    .values(
-        LockedUntil=bindparam("until"),
-        LockedBy=bindparam("worker"),
-        DispatchedAt=func.coalesce(o.DispatchedAt, bindparam("now", type_=o.DispatchedAt.type)),
+@cache
+def _take_over_stmt(postgresql: bool) -> Executable:
+    return (
+        update(outbox_messages)
+        .where(_id_among(postgresql), pending_clause())
+        .values(
+            LockedUntil=bindparam("until"),
+            LockedBy=bindparam("worker"),
+            DispatchedAt=func.coalesce(o.DispatchedAt, bindparam("now", type_=o.DispatchedAt.type)),
+        )
+        .returning(o.Id, o.Type, o.Data, o.TraceContext)
     )
-    .returning(o.Id, o.Type, o.Data, o.TraceContext)
-)
 
 
 def types_of(
@@ -319,16 +331,19 @@ def mark_processed_many(
 ) -> set[uuid.UUID]:
     """Mark these messages processed; returns the ids it marked (not those another
     worker marked first)."""
-    rows = session.execute(_MARK_PROCESSED, {"ids": list(message_ids), "now": now})
+    params = {"ids": list(message_ids), "now": now}
+    rows = session.execute(_mark_processed_stmt(_is_postgresql(session)), params)
     return {row.Id for row in rows}
 
 
-_MARK_PROCESSED = (
-    update(outbox_messages)
-    .where(o.Id.in_(bindparam("ids", expanding=True)), o.ProcessedAt.is_(None))
-    .values(ProcessedAt=bindparam("now"), LockedUntil=None, LockedBy=None, NextRetryAt=None)
-    .returning(o.Id)
-)
+@cache
+def _mark_processed_stmt(postgresql: bool) -> Executable:
+    return (
+        update(outbox_messages)
+        .where(_id_among(postgresql), o.ProcessedAt.is_(None))
+        .values(ProcessedAt=bindparam("now"), LockedUntil=None, LockedBy=None, NextRetryAt=None)
+        .returning(o.Id)
+    )
 
 
 def mark_failed(
