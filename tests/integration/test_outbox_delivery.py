@@ -494,16 +494,8 @@ def test_replayed_dead_letter_is_processed_after_the_fix(mail_app: Flask, smtp: 
 def test_cancellation_promotes_and_notifies_the_waitlist_once(
     mail_app: Flask, smtp: SmtpSink
 ) -> None:
-    event_id = new_event(mail_app, capacity=1)
-    first = register(mail_app, event_id, "fay")
-    for who in ("gus", "hal", "ivy"):
-        register(mail_app, event_id, who)
+    moved = cancelled_with_waitlist(mail_app, ["gus", "hal", "ivy"])
     work = deliverer(mail_app)
-    for row in outbox(mail_app):
-        work.process(row["Id"])
-    registration_service.cancel(get_db(mail_app).unit_of_work, first.registration_id)
-
-    [moved] = outbox(mail_app, "WaitlistPositionChanged")
     smtp.reject = True  # the fan-out fails on its first recipient
     assert work.process(moved["Id"]).status == "retry"
     smtp.reject = False
@@ -523,16 +515,8 @@ def test_cancellation_promotes_and_notifies_the_waitlist_once(
 
 
 def test_fan_out_retry_skips_the_recipients_already_mailed(mail_app: Flask, smtp: SmtpSink) -> None:
-    event_id = new_event(mail_app, capacity=1)
-    first = register(mail_app, event_id, "jan")
-    for who in ("kim", "lou", "max"):
-        register(mail_app, event_id, who)
+    moved = cancelled_with_waitlist(mail_app, ["kim", "lou", "max"])
     work = deliverer(mail_app)
-    for row in outbox(mail_app):
-        work.process(row["Id"])
-    registration_service.cancel(get_db(mail_app).unit_of_work, first.registration_id)
-    [moved] = outbox(mail_app, "WaitlistPositionChanged")
-
     sent_before = smtp.count()
     original = work.mailer.send
     calls = {"n": 0}
@@ -588,15 +572,9 @@ def test_waitlist_notices_go_only_to_people_near_a_seat(mail_app: Flask, smtp: S
     """A long waitlist is not mailed at every move: only the people the move brings
     within WAITLIST_NOTICE_MAX_POSITION places of a seat."""
     mail_app.config["WAITLIST_NOTICE_MAX_POSITION"] = 2
-    event_id = new_event(mail_app, capacity=1)
-    first = register(mail_app, event_id, "ada")
     waiting = ["bea", "cal", "dan", "eve"]
-    for who in waiting:
-        register(mail_app, event_id, who)
+    cancelled_with_waitlist(mail_app, waiting)
     work = deliverer(mail_app)
-    for row in outbox(mail_app):
-        work.process(row["Id"])
-    registration_service.cancel(get_db(mail_app).unit_of_work, first.registration_id)
     for row in outbox(mail_app):
         if row["ProcessedAt"] is None:
             assert work.process(row["Id"]).status == "processed"
