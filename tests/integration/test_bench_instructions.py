@@ -1,0 +1,67 @@
+"""``python -m bench.instructions`` measures what it says: the work it hands the
+measured process (a cancellation's messages and mails, a relay pass of one message),
+run here without valgrind on the test's PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+from sqlalchemy import create_engine, select
+
+from bench import instructions
+from webapp.adapters.tables import outbox_messages, processed_messages
+from workers import OUTBOX_QUEUE
+
+pytestmark = pytest.mark.redis
+
+o = outbox_messages.c
+
+
+@pytest.fixture
+def tool_redis(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+    """The tool's Redis database on the test's server, emptied before and after."""
+    monkeypatch.setattr(instructions, "REDIS_BASE", re.sub(r"/\d*$", "", redis_url))
+    client = redis.Redis.from_url(f"{instructions.REDIS_BASE}/{instructions.WEB_REDIS_DB}")
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+def test_a_cancellation_leaves_three_messages_and_ten_waitlist_notices(
+    postgres_url: str, tool_redis: redis.Redis
+) -> None:
+    assert instructions.seed_cancellations(postgres_url, 4) == 3
+    instructions.handle(postgres_url, 0, 4 * 3)  # asserts every message was processed
+    engine = create_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            types = sorted(r[0] for r in conn.execute(select(o.Type)))
+            keys = [r[0] for r in conn.execute(select(processed_messages.c.Handler))]
+    finally:
+        engine.dispose()
+    assert types == sorted(
+        ["RegistrationCancelled", "RegistrationPromoted", "WaitlistPositionChanged"] * 4
+    )
+    notices = [k for k in keys if k.startswith("waitlist-notice/")]
+    assert len(notices) == 4 * instructions.NOTICED
+
+
+def test_a_relay_pass_of_the_tool_dispatches_one_message(
+    postgres_url: str, tool_redis: redis.Redis
+) -> None:
+    instructions.seed(postgres_url, 3)
+    instructions.dispatch(postgres_url, 3)  # asserts one message per pass
+    engine = create_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            dispatched = [r[0] for r in conn.execute(select(o.DispatchedAt))]
+    finally:
+        engine.dispose()
+    assert len(dispatched) == 3 and None not in dispatched
+    queue = Queue(OUTBOX_QUEUE, connection=tool_redis, serializer=JSONSerializer)
+    assert queue.count == 3
