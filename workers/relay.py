@@ -173,7 +173,9 @@ class Relay:
     def _enqueue(self, messages: Sequence[outbox_relay.Claimed]) -> None:
         if not messages:
             return
-        queued = self.queue.count
+        # the queue's length decides how to spread several fresh messages; one message
+        # is one job either way (the light load's pass), so it skips the round trip
+        queued = self.queue.count if len(messages) > 1 else 0
         datas = [self._job_data(members) for members in self.jobs_for(messages, queued)]
         with self.redis.pipeline() as pipe:
             self.queue.enqueue_many(datas, pipeline=pipe)

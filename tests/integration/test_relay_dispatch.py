@@ -130,6 +130,30 @@ def test_a_pass_claims_the_oldest_in_one_statement_and_marks_them_in_another(
     assert relay.dispatch_once() == 1  # the youngest, in the next pass
 
 
+def test_the_queue_length_is_read_only_to_spread_several_messages(
+    relay_app: Flask, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One message is one job however long the queue is: its pass skips the queue's
+    length (a Redis round trip); a pass of several reads it to spread them."""
+    reads: list[str] = []
+    length = Queue.count
+
+    def counted(queue: Queue) -> int:
+        reads.append(queue.name)
+        return int(length.fget(queue))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(Queue, "count", property(counted))
+    event_id = _event(relay_app)
+    relay = _relay(relay_app, "relay-q", redis_url, parallel_jobs=4)
+    _register(relay_app, event_id, 1)
+    assert relay.dispatch_once() == 1
+    assert reads == []
+    _register(relay_app, event_id, 3, prefix="s")
+    assert relay.dispatch_once() == 3
+    assert reads == [OUTBOX_QUEUE]
+    assert len(_jobs(relay)) == 2  # the first job still waited: the three share one
+
+
 def test_a_burst_is_shared_out_in_jobs_of_several_messages(
     relay_app: Flask, redis_url: str
 ) -> None:
