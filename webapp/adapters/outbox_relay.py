@@ -81,8 +81,9 @@ def claim(
     Call inside a transaction and commit right after.
     """
     stmt = _claim_stmt(_is_postgresql(session))
-    params = {"now": now, "limit": limit, "until": now + timedelta(seconds=lease_seconds)}
-    rows = [Claimed(*row) for row in session.execute(stmt, params | {"relay": relay})]
+    until = now + timedelta(seconds=lease_seconds)
+    params = {"now": now, "limit": limit, "until": until, "relay": relay}
+    rows = [Claimed(*row) for row in session.execute(stmt, params)]
     return sorted(rows, key=lambda c: c.created_at)  # RETURNING keeps no order
 
 
