@@ -12,7 +12,8 @@ cancel out. Compare two commits by running it in a work tree of each.
 
 ``--cancellations N1,N2`` measures the work a cancellation with promotion leaves
 the workers instead, per cancellation: its messages (cancelled, promoted, the
-waitlist's move), the promotion mail and the fan-out of ten waitlist notices, each
+waitlist's move), the promotion mail and the waitlist's fan-out, which reads the ten
+people nearest a seat and mails the two the move brought past a milestone, each
 recipient claimed and committed on its own.
 
 ``--relay N1,N2`` counts the relay's instructions per pass that finds one message
@@ -96,18 +97,23 @@ def seed(database_url: str, messages: int) -> None:
     db.dispose()
 
 
-#: waitlisted people behind each cancellation's promoted one: every fan-out mails the
-#: ten nearest a seat (``WAITLIST_NOTICE_MAX_POSITION``), as in the benchmark
-NOTICED = 10
+#: waitlisted people near a seat (``WAITLIST_NOTICE_MAX_POSITION``), as in the benchmark
+NEAR = 10
+#: notices per cancellation once a waitlist has been moving for a while (those
+#: nearest a seat told where they stand): the person the move brings within ``NEAR``
+#: places, and the one it makes next in line
+NOTICES = 2
 
 
 def seed_cancellations(database_url: str, cancellations: int) -> int:
     """``cancellations`` cancellations of confirmed seats over full events with
-    waitlists, after the registrations' own messages are deleted: returns the
+    waitlists, after the registrations' own messages are deleted, and with the people
+    near a seat told where they stand (as a running service has): returns the
     messages per cancellation."""
-    from sqlalchemy import delete, func, select
+    from sqlalchemy import delete, func, insert, literal, select
 
-    from webapp.adapters.tables import outbox_messages
+    from webapp.adapters.tables import outbox_messages, waitlist_notices
+    from webapp.adapters.tables import registrations as r
     from webapp.extensions import get_db
     from webapp.services import events, registrations
 
@@ -123,14 +129,18 @@ def seed_cancellations(database_url: str, cancellations: int) -> int:
     seats: list[uuid.UUID] = []
     for e in range(EVENTS):
         event_id = events.create_event(db.unit_of_work, details, per_event)
-        for n in range(2 * per_event + NOTICED + 1):  # the seats, then the waitlist
+        for n in range(2 * per_event + NEAR + 1):  # the seats, then the waitlist
             outcome = registrations.register(
                 db.unit_of_work, event_id, "Guest", f"e{e}g{n}@example.test"
             )
             if n < per_event:
                 seats.append(outcome.registration_id)
+    told = select(r.c.Id, r.c.PositionInQueue, literal(datetime.now(UTC))).where(
+        r.c.Status == "Waitlisted", r.c.PositionInQueue <= NEAR
+    )
     with db.engine.begin() as conn:
         conn.execute(delete(outbox_messages))
+        conn.execute(insert(waitlist_notices).from_select(list(waitlist_notices.c), told))
     for registration_id in seats[:cancellations]:
         registrations.cancel(db.unit_of_work, registration_id)
     with db.engine.connect() as conn:

@@ -75,6 +75,10 @@ class Seeded:
         }
 
 
+#: ``WAITLIST_NOTICE_MAX_POSITION`` of the benchmark's app (its default)
+NOTICE_MAX_POSITION = 10
+
+
 def seed(conninfo: str, plan: SeedPlan, rng: random.Random | None = None) -> Seeded:
     """Insert events, users and registrations; returns the ids the scenarios use."""
     import time
@@ -161,6 +165,15 @@ def seed(conninfo: str, plan: SeedPlan, rng: random.Random | None = None) -> See
         ) as copy:
             for row in reg_rows:
                 copy.write_row(row)
+        # a running service has told the people near a seat where they stand (a notice
+        # when they came within WAITLIST_NOTICE_MAX_POSITION places): without these
+        # rows, the first move of every seeded waitlist would mail all of them
+        cur.execute(
+            'INSERT INTO "WaitlistNotices" ("RegistrationId", "Position", "NotifiedAt") '
+            'SELECT "Id", "PositionInQueue", %s FROM "EventRegistrations" '
+            'WHERE "Status" = \'Waitlisted\' AND "PositionInQueue" <= %s',
+            (now, NOTICE_MAX_POSITION),
+        )
         conn.commit()
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("ANALYZE")

@@ -32,7 +32,7 @@ def tool_redis(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[redi
     client.flushdb()
 
 
-def test_a_cancellation_leaves_three_messages_and_ten_waitlist_notices(
+def test_a_cancellation_leaves_three_messages_and_two_waitlist_notices(
     postgres_url: str, tool_redis: redis.Redis
 ) -> None:
     assert instructions.seed_cancellations(postgres_url, 4) == 3
@@ -48,7 +48,7 @@ def test_a_cancellation_leaves_three_messages_and_ten_waitlist_notices(
         ["RegistrationCancelled", "RegistrationPromoted", "WaitlistPositionChanged"] * 4
     )
     notices = [k for k in keys if k.startswith("waitlist-notice/")]
-    assert len(notices) == 4 * instructions.NOTICED
+    assert len(notices) == 4 * instructions.NOTICES
 
 
 def test_a_relay_pass_of_the_tool_dispatches_one_message(

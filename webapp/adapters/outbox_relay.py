@@ -294,6 +294,17 @@ def _claim_locking_stmt(postgresql: bool) -> Executable:
     ).bindparams(*_CLAIM_PARAMS)
 
 
+def forget_inbox_row(session: Session, message_id: uuid.UUID, key: str) -> None:
+    """Take back ``key``, claimed in this transaction, when what it stood for did not
+    happen after all (a waitlist notice another fan-out sent meanwhile)."""
+    session.execute(_FORGET_INBOX_ROW, {"id": message_id, "handler": key})
+
+
+_FORGET_INBOX_ROW = text(
+    'DELETE FROM "ProcessedMessages" WHERE "MessageId" = :id AND "Handler" = :handler'
+).bindparams(*_CLAIM_PARAMS[:2])
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One row of ``OutboxAttempts``: a worker's run of a message's handlers."""

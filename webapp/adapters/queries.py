@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from webapp.adapters.tables import events, registrations, users
+from webapp.adapters.tables import events, registrations, users, waitlist_notices
 
 Executor = Session | Connection
 WAITLISTED = "Waitlisted"
@@ -114,7 +114,8 @@ def waitlist_behind(
     db: Executor, event_id: int, after_queue_key: int, max_position: int | None = None
 ) -> list[dict[str, Any]]:
     """Everyone waiting behind ``after_queue_key`` (at most at ``max_position``), with
-    their current positions."""
+    their current positions and the position a waitlist notice last told them
+    (``last_told``, None before the first)."""
     r = registrations.c
     ranked: Any = (
         select(
@@ -138,9 +139,11 @@ def waitlist_behind(
             users.c.Email.label("email"),
             events.c.Title.label("event_title"),
             events.c.StartDate.label("start_date"),
+            waitlist_notices.c.Position.label("last_told"),
         )
         .join(users, users.c.Id == ranked.c.user_id)
         .join(events, events.c.Id == event_id)
+        .outerjoin(waitlist_notices, waitlist_notices.c.RegistrationId == ranked.c.registration_id)
         .where(ranked.c.queue_key > after_queue_key)
         .order_by(ranked.c.queue_key)
     )

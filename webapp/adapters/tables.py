@@ -243,6 +243,21 @@ processed_messages = Table(
     Column("ProcessedAt", UtcDateTime, nullable=False),
 )
 
+#: what the waitlist notices last told each waitlisted attendee (their position then):
+#: a milestone is mailed once, whichever queue move reaches it first
+waitlist_notices = Table(
+    "WaitlistNotices",
+    metadata,
+    Column(
+        "RegistrationId",
+        Uuid,
+        ForeignKey("EventRegistrations.Id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("Position", Integer, nullable=False),
+    Column("NotifiedAt", UtcDateTime, nullable=False),
+)
+
 event_stats = Table(
     "EventStats",
     metadata,

@@ -18,7 +18,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
 from webapp.adapters import queries
+from webapp.adapters import waitlist_notices as notices
 from webapp.adapters.tables import event_stats
+from webapp.domain import waitlist_notices
 from webapp.domain.messages import (
     RegistrationCancelled,
     RegistrationCreated,
@@ -39,13 +41,17 @@ class HandlerContext(Protocol):
     mailer: Mailer
     #: id of the outbox message being handled
     message_id: str
-    #: waitlist notices go only to people now at this position or better
+    #: a waitlist notice goes to people a move brings this close to a seat (and to
+    #: the head of the queue)
     waitlist_notice_max_position: int
 
     def status_url(self, registration_id: str) -> str: ...
 
     def first_time(self, key: str) -> bool:
         """Record ``key`` in the inbox (in ``session``); False if it was already there."""
+
+    def forget(self, key: str) -> None:
+        """Take back ``key``, recorded by ``first_time`` in this transaction."""
 
     def checkpoint(self) -> None:
         """Commit ``session`` so far (e.g. the inbox keys of the mails already sent):
@@ -82,19 +88,30 @@ def send_promotion_mail(message: RegistrationPromoted, ctx: HandlerContext) -> N
 
 @handles(WaitlistPositionChanged, asynchronous=True, checkpoints=True)
 def notify_waitlist_positions(message: WaitlistPositionChanged, ctx: HandlerContext) -> None:
-    """Fan-out of one queue change to the people it moved up (done here, not in the
-    request): those now within ``waitlist_notice_max_position`` places of a seat, so
-    a long waitlist is not mailed at every move (everyone sees their live position
-    on the status page). Each recipient is recorded in the inbox so a retry mails
-    nobody twice."""
+    """Fan-out of one queue change (done here, not in the request) to the people it
+    brought past a milestone: within ``waitlist_notice_max_position`` places of a
+    seat, and next in line (:mod:`webapp.domain.waitlist_notices`). Everyone sees
+    their live position on the status page; a mail per move would send ten to
+    someone climbing ten places. Each notice is recorded (what the person was told,
+    so no other move announces that milestone again) and its recipient in the inbox
+    (so a retry of this message mails nobody twice)."""
+    from webapp.services.unit_of_work import utcnow
+
+    marks = waitlist_notices.milestones(ctx.waitlist_notice_max_position)
     behind = queries.waitlist_behind(
-        ctx.session,
-        message.event_id,
-        message.after_queue_key,
-        max_position=ctx.waitlist_notice_max_position,
+        ctx.session, message.event_id, message.after_queue_key, max_position=marks[0]
     )
     for row in behind:
-        if not ctx.first_time(f"waitlist-notice/{row['registration_id']}"):
+        milestone = waitlist_notices.notice_due(row["position"], row["last_told"], marks)
+        if milestone is None:
+            continue
+        key = f"waitlist-notice/{row['registration_id']}"
+        if not ctx.first_time(key):
+            continue
+        if not notices.claim_notice(
+            ctx.session, row["registration_id"], row["position"], milestone, utcnow()
+        ):
+            ctx.forget(key)  # another move's fan-out announced it meanwhile
             continue
         ctx.mailer.send(
             row["email"],

@@ -141,6 +141,9 @@ class HandlerRun:
             self.session, self._id, key, utcnow(), lock_message=relock
         )
 
+    def forget(self, key: str) -> None:
+        outbox_relay.forget_inbox_row(self.session, self._id, key)
+
     def checkpoint(self) -> None:
         if not self.checkpoints:  # its inbox row is written: a commit now would mark it done
             raise RuntimeError("a handler commits once, with its inbox row (or checkpoints=True)")
