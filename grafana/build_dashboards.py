@@ -282,6 +282,12 @@ BUSINESS: list[Panel] = [
         [("topk(10, max by (event) (les_event_registrations))", "event {{event}}")],
         8,
     ),
+    (
+        "Mails sent by kind",
+        "ops",
+        [(f"sum by (template) (rate(les_mails_sent_total[{W}]))", "{{template}}")],
+        24,
+    ),
 ]
 
 DASHBOARDS: dict[str, tuple[str, str, list[Panel]]] = {

@@ -118,6 +118,31 @@ def test_confirmation_mail_with_status_link_and_counters(mail_app: Flask, smtp: 
     assert (counters["Registrations"], counters["Waitlisted"]) == (2, 1)
 
 
+def test_mails_are_counted_by_kind_once_sent(mail_app: Flask, smtp: SmtpSink) -> None:
+    """``les_mails_sent_total{template}`` (the Business dashboard's "Mails sent by
+    kind"): a mail the server refused is not counted."""
+    from prometheus_client import REGISTRY
+
+    def sent(template: str) -> float:
+        value = REGISTRY.get_sample_value("les_mails_sent_total", {"template": template})
+        return value or 0.0
+
+    before = {t: sent(t) for t in ("confirmation", "promotion", "waitlist_position")}
+    event_id = new_event(mail_app, capacity=1)
+    seat = register(mail_app, event_id, "cy")
+    register(mail_app, event_id, "di")
+    register(mail_app, event_id, "ed")
+    work = deliverer(mail_app)
+    smtp.reject = True
+    assert {work.process(row["Id"]).status for row in outbox(mail_app)} == {"retry"}
+    smtp.reject = False
+    handle_pending(mail_app)
+    registration_service.cancel(get_db(mail_app).unit_of_work, seat.registration_id)
+    handle_pending(mail_app)
+    after = {t: sent(t) - before[t] for t in before}
+    assert after == {"confirmation": 3, "promotion": 1, "waitlist_position": 1}
+
+
 def test_a_redelivered_message_sends_nothing_twice(mail_app: Flask, smtp: SmtpSink) -> None:
     event_id = new_event(mail_app, capacity=5)
     register(mail_app, event_id, "cleo")

@@ -26,6 +26,8 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from webapp.observability.metrics import MAILS_SENT
+
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
 
 #: UTF-8 bodies sent as they are: ``7bit`` when ASCII, else ``8bit`` (as
@@ -162,6 +164,7 @@ class Mailer:
                 self._send_smtp(mail)
             else:
                 self._write_mailbox(mail, message_key)
+        MAILS_SENT.labels(template=template).inc()
 
     def _send_smtp(self, mail: Message) -> None:
         """Send over the process's open SMTP session (opened on first use, reopened

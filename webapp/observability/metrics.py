@@ -85,6 +85,11 @@ REGISTRATIONS = Counter(
     "les_registrations_total", "Registrations by outcome", ["outcome"]
 )  # outcome: confirmed / waitlisted / duplicate / rejected
 PROMOTIONS = Counter("les_promotions_total", "Waitlisted people promoted to a seat")
+MAILS_SENT = Counter(
+    "les_mails_sent_total",
+    "Mails handed to the SMTP server (or written to the mailbox folder)",
+    ["template"],  # confirmation / promotion / waitlist_position
+)
 CANCELLATIONS = Counter("les_cancellations_total", "Registrations cancelled")
 WAITLIST_LENGTH = Gauge(
     "les_waitlist_length",
