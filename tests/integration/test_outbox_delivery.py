@@ -105,6 +105,8 @@ def test_confirmation_mail_with_status_link_and_counters(mail_app: Flask, smtp: 
     [waitlisted] = smtp.to("bob@example.test")
     assert "waitlist" in waitlisted["Subject"]
     assert "at position 1" in body(waitlisted, "plain")
+    for part in ("plain", "html"):
+        assert "within 10 places of a seat, when you" in " ".join(body(waitlisted, part).split())
     assert waiting.status == "Waitlisted"
 
     rows = outbox(mail_app)

@@ -151,7 +151,9 @@ def test_register_when_full_goes_to_waitlist_with_position(
 
     assert status_of(client, second) == ("On the waitlist", "1")
     assert status_of(client, third) == ("On the waitlist", "2")
-    assert "number 2 on the waitlist" in page_text(client.get(third))
+    text = page_text(client.get(third))
+    assert "number 2 on the waitlist" in text
+    assert "email you when you come within 10 places of a seat, when you are next" in text
     assert counter(REGISTRATIONS, outcome="waitlisted") == before + 2
     assert row_counts(app)["EventRegistrations"] == 3
 

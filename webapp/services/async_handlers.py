@@ -67,7 +67,11 @@ def send_confirmation_mail(message: RegistrationCreated, ctx: HandlerContext) ->
     ctx.mailer.send(
         view["email"],
         "confirmation",
-        {"r": view, "status_url": ctx.status_url(message.registration_id)},
+        {
+            "r": view,
+            "status_url": ctx.status_url(message.registration_id),
+            "notice_near": ctx.waitlist_notice_max_position,
+        },
         message_key=f"{ctx.message_id}/confirmation",
     )
 
