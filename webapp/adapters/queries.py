@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
@@ -115,7 +116,17 @@ def waitlist_behind(
 ) -> list[dict[str, Any]]:
     """Everyone waiting behind ``after_queue_key`` (at most at ``max_position``), with
     their current positions and the position a waitlist notice last told them
-    (``last_told``, None before the first)."""
+    (``last_told``, None before the first). Run by every cancellation's fan-out: the
+    statement is built once per shape, with bound parameters."""
+    params = {"event_id": event_id, "after_queue_key": after_queue_key}
+    if max_position is not None:
+        params["max_position"] = max_position
+    stmt = _waitlist_behind_stmt(max_position is not None)
+    return [dict(row._mapping) for row in db.execute(stmt, params)]
+
+
+@cache
+def _waitlist_behind_stmt(limited: bool) -> Any:
     r = registrations.c
     ranked: Any = (
         select(
@@ -124,13 +135,13 @@ def waitlist_behind(
             r.UserId.label("user_id"),
             func.row_number().over(order_by=r.PositionInQueue).label("position"),
         )
-        .where(r.EventId == event_id, r.Status == WAITLISTED)
+        .where(r.EventId == bindparam("event_id"), r.Status == WAITLISTED)
         .order_by(r.PositionInQueue)
     )
-    if max_position is not None:  # the head of the queue only: an index range, not a scan
-        ranked = ranked.limit(max_position)
+    if limited:  # the head of the queue only: an index range, not a scan
+        ranked = ranked.limit(bindparam("max_position"))
     ranked = ranked.subquery()
-    stmt = (
+    return (
         select(
             ranked.c.registration_id,
             ranked.c.queue_key,
@@ -142,12 +153,11 @@ def waitlist_behind(
             waitlist_notices.c.Position.label("last_told"),
         )
         .join(users, users.c.Id == ranked.c.user_id)
-        .join(events, events.c.Id == event_id)
+        .join(events, events.c.Id == bindparam("event_id"))
         .outerjoin(waitlist_notices, waitlist_notices.c.RegistrationId == ranked.c.registration_id)
-        .where(ranked.c.queue_key > after_queue_key)
+        .where(ranked.c.queue_key > bindparam("after_queue_key"))
         .order_by(ranked.c.queue_key)
     )
-    return [dict(row._mapping) for row in db.execute(stmt)]
 
 
 def event_attendees(db: Executor, event_id: int) -> list[dict[str, Any]]:
