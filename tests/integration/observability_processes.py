@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,6 +102,14 @@ class Gunicorn:
                 lambda: httpx.get(self.url + "/healthz", timeout=2).status_code == 200,
                 60,
                 "gunicorn to answer /healthz",
+                self.proc,
+            )
+            # the first worker may answer before the master has forked the others
+            master = psutil.Process(self.proc.pid)
+            wait_until(
+                lambda: len(master.children()) >= workers,
+                30,
+                f"gunicorn to start {workers} workers",
                 self.proc,
             )
         except AssertionError:
