@@ -101,6 +101,45 @@ def test_timings_of_two_processes_are_added_up_in_redis(postgres_url: str, redis
 
 
 @pytest.mark.redis
+def test_a_flush_waits_for_the_one_another_thread_is_sending(redis_url: str) -> None:
+    """The idle flusher thread took the buffer and is still sending when an RQ work
+    horse flushes before ``os._exit``: that flush returns only once the statements are
+    in Redis. A request's flush never waits (it leaves the buffer to the next one)."""
+    import threading
+    import time
+
+    stats = query_stats.QueryStats(redis_url, process="worker")
+    client = stats._redis()
+    sending = threading.Event()
+
+    class SlowPipeline:
+        def __init__(self) -> None:
+            self.pipe = client.pipeline(transaction=False)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.pipe, name)
+
+        def execute(self) -> object:
+            sending.set()
+            time.sleep(0.4)  # a Redis round trip under load
+            return self.pipe.execute()
+
+    stats._client = type("Slow", (), {"pipeline": lambda self, **_: SlowPipeline()})()
+    stats.record("SELECT 41", 1.0)
+    flusher = threading.Thread(target=stats.flush)
+    flusher.start()
+    assert sending.wait(5)
+    stats.record("SELECT 42", 2.0)
+    started = time.monotonic()
+    stats.flush(wait=False)  # a request's: returns at once, keeps its buffer
+    assert time.monotonic() - started < 0.1
+    stats.flush()  # the work horse's: waits for the flusher, then sends its own
+    report = {s.sql: s.count for s in query_report(client, window_minutes=5)}
+    assert report.get("SELECT ?") == 2
+    flusher.join(5)
+
+
+@pytest.mark.redis
 def test_query_timings_page_lists_statements_slowest_first(
     app: Flask, client: FlaskClient, login_as: LoginAs
 ) -> None:

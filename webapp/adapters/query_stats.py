@@ -116,6 +116,9 @@ class QueryStats:
         self.slow_ms = slow_ms
         self.flush_interval = flush_interval
         self._lock = threading.Lock()
+        #: held while a flush sends: a flush returns once what was buffered before
+        #: it reached Redis, even if another thread had taken it to send
+        self._flush_lock = threading.Lock()
         self._buffer: dict[tuple[int, str], _Bucket] = {}
         self._slow: list[str] = []
         self._last_flush = time.monotonic()
@@ -138,12 +141,25 @@ class QueryStats:
                     )
                 )
             due = time.monotonic() - self._last_flush >= self.flush_interval
-        if due:
-            self.flush()
+        if due:  # a request never waits for another thread's flush
+            self.flush(wait=False)
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
         """Send the buffer to Redis (one pipeline); on a Redis error the data is dropped
-        (timings are best effort and must never slow or break the application)."""
+        (timings are best effort and must never slow or break the application).
+
+        A flush that finds another one sending waits for it (``wait``), so that an RQ
+        work horse's flush before ``os._exit`` does not return while the idle flusher
+        thread is still sending its statements; without ``wait`` it leaves the buffer
+        to the next flush."""
+        if not self._flush_lock.acquire(blocking=wait):
+            return
+        try:
+            self._send()
+        finally:
+            self._flush_lock.release()
+
+    def _send(self) -> None:
         with self._lock:
             buffer, slow = self._buffer, self._slow
             self._buffer, self._slow = {}, []
@@ -190,6 +206,7 @@ class QueryStats:
         """In a forked child: fresh lock and connection; the parent's buffer is the
         parent's to flush."""
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._buffer, self._slow = {}, []
         self._client = None
 
