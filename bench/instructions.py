@@ -52,6 +52,7 @@ import psycopg
 import redis
 
 from bench.harness import ADMIN_URL, REDIS_BASE, app_env, app_from_env, db_url
+from bench.seed import NOTICE_MAX_POSITION
 
 JOB_SIZE = 10
 EVENTS = 20
@@ -98,7 +99,7 @@ def seed(database_url: str, messages: int) -> None:
 
 
 #: waitlisted people near a seat (``WAITLIST_NOTICE_MAX_POSITION``), as in the benchmark
-NEAR = 10
+NEAR = NOTICE_MAX_POSITION
 #: notices per cancellation once a waitlist has been moving for a while (those
 #: nearest a seat told where they stand): the person the move brings within ``NEAR``
 #: places, and the one it makes next in line

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 
 from bench.tracebacks import FAILURES
+from webapp.config import default
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Seeded:
 
 
 #: ``WAITLIST_NOTICE_MAX_POSITION`` of the benchmark's app (its default)
-NOTICE_MAX_POSITION = 10
+NOTICE_MAX_POSITION = int(default("WAITLIST_NOTICE_MAX_POSITION"))
 
 
 def seed(conninfo: str, plan: SeedPlan, rng: random.Random | None = None) -> Seeded:

@@ -100,6 +100,14 @@ def next_redis_db(url: str) -> str:
     return f"{head}/{int(tail) + 1}"
 
 
+def default(key: str) -> Any:
+    """The built-in default of a setting (what runs when nothing overrides it)."""
+    for name, value, _kind in _SETTINGS:
+        if name == key:
+            return value
+    raise KeyError(key)
+
+
 def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     overrides = overrides or {}
     config: dict[str, Any] = {}
