@@ -17,8 +17,10 @@ from tests.conftest import make_app
 from tests.integration.outbox_support import SmtpSink, body
 from webapp.adapters.mail import make_mailer, message_id_for
 from webapp.adapters.tables import event_stats, outbox_attempts, outbox_messages
+from webapp.domain.messages import RegistrationCreated
 from webapp.extensions import get_db
 from webapp.services import events as event_service
+from webapp.services import messagebus
 from webapp.services import registrations as registration_service
 from webapp.services.delivery import BACKOFF_JITTER, Deliverer
 from webapp.services.status_links import read_token
@@ -216,8 +218,9 @@ def test_one_job_of_several_messages_records_each_on_its_own(
 def test_a_failed_handler_leaves_no_claim_and_counts_once_on_the_retry(
     mail_app: Flask, smtp: SmtpSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The counter claims its inbox row before it writes: when it fails, the claim
-    rolls back with its writes, so the retry counts the registration, once."""
+    """The counter claims its inbox row before it writes: when it fails (in the job's
+    last transaction, then again on its own), the claim rolls back with its writes,
+    so the retry counts the registration, once."""
     from webapp.services import async_handlers
 
     event_id = new_event(mail_app, capacity=5)
@@ -226,17 +229,18 @@ def test_a_failed_handler_leaves_no_claim_and_counts_once_on_the_retry(
     increment = async_handlers._increment_stats
     failures: list[int] = []
 
-    def fail_once(*args: Any) -> None:
+    def fail_twice(*args: Any) -> None:
         increment(*args)  # written, then undone by the failure
-        if not failures:
+        if len(failures) < 2:
             failures.append(1)
             raise RuntimeError("counter store unavailable")
 
-    monkeypatch.setattr(async_handlers, "_increment_stats", fail_once)
+    monkeypatch.setattr(async_handlers, "_increment_stats", fail_twice)
     work = deliverer(mail_app)
     assert work.process(row["Id"]).status == "retry"
     assert stats(mail_app, event_id) is None
     assert len(smtp.to("ivy@example.test")) == 1  # the mail's own transaction committed
+    assert [a["ErrorType"] for a in attempts(mail_app, row["Id"])] == ["RuntimeError"]
     with get_db(mail_app).engine.begin() as conn:  # due again now
         conn.execute(update(outbox_messages).values(NextRetryAt=None))
     assert work.process(row["Id"]).status == "processed"
@@ -244,6 +248,96 @@ def test_a_failed_handler_leaves_no_claim_and_counts_once_on_the_retry(
     counters = stats(mail_app, event_id)
     assert counters is not None and counters["Registrations"] == 1
     assert len(smtp.to("ivy@example.test")) == 1
+
+
+def test_the_counters_commit_with_the_jobs_mark_in_one_transaction(
+    mail_app: Flask, smtp: SmtpSink
+) -> None:
+    """A job's counters need no transaction each: three registrations' messages take
+    five commits (taking them over, a mail each, then the counters, attempt rows and
+    marks together), not eight, and each is counted once."""
+    event_id = new_event(mail_app, capacity=5)
+    for who in ("ada", "bea", "cyd"):
+        register(mail_app, event_id, who)
+    commits: list[int] = []
+    outcomes = one_job_listening(mail_app, "commit", lambda _conn: commits.append(1))
+    assert [o.status for o in outcomes] == ["processed"] * 3
+    assert len(commits) == 1 + 3 + 1
+    counters = stats(mail_app, event_id)
+    assert counters is not None and counters["Registrations"] == 3
+    assert all(len(smtp.to(f"{w}@example.test")) == 1 for w in ("ada", "bea", "cyd"))
+
+
+def test_a_counter_failing_in_the_jobs_last_transaction_runs_again_on_its_own(
+    mail_app: Flask, smtp: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One counter that fails in the job's last transaction rolls back the others and
+    the marks with it; each then runs on its own, and the job's messages are processed
+    and counted once, with one mail each."""
+    from webapp.services import async_handlers
+
+    event_id = new_event(mail_app, capacity=5)
+    for who in ("dee", "eli", "fay"):
+        register(mail_app, event_id, who)
+    increment = async_handlers._increment_stats
+    failures: list[int] = []
+
+    def fail_once(*args: Any) -> None:
+        increment(*args)
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("counter store unavailable")
+
+    monkeypatch.setattr(async_handlers, "_increment_stats", fail_once)
+    outcomes = deliverer(mail_app).process_many([r["Id"] for r in outbox(mail_app)])
+    assert [o.status for o in outcomes] == ["processed"] * 3
+    counters = stats(mail_app, event_id)
+    assert counters is not None and counters["Registrations"] == 3
+    assert all(len(smtp.to(f"{w}@example.test")) == 1 for w in ("dee", "eli", "fay"))
+    for row in outbox(mail_app):
+        assert [a["Succeeded"] for a in attempts(mail_app, row["Id"])] == [True]
+
+
+def test_a_database_only_handler_cannot_send_mail() -> None:
+    """It runs in the transaction that marks its message processed: a mail sent there
+    would be sent again if that transaction failed."""
+    from webapp.services.delivery import _NoMail
+
+    with pytest.raises(RuntimeError, match="sends nothing"):
+        _NoMail().send("a@example.test", "confirmation", {}, "key")
+    with pytest.raises(ValueError, match="commits with its message"):
+        messagebus.handles(
+            RegistrationCreated, asynchronous=True, checkpoints=True, database_only=True
+        )
+
+
+@pytest.mark.postgres
+def test_a_message_another_worker_marks_first_is_not_counted_twice(
+    postgres_url: str, redis_url: str, smtp: SmtpSink
+) -> None:
+    """Two workers on one message (a lease expired meanwhile): the second marks it
+    processed, with its count, while the first is about to; the first's mark waits on
+    the row, finds it processed, and runs no counter."""
+    app = make_app(postgres_url, redis_url, **smtp.config())
+    try:
+        event_id = new_event(app, capacity=5)
+        register(app, event_id, "gil")
+        [row] = outbox(app)
+        raced: list[str] = []
+
+        def other_worker_first(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if not raced and statement.startswith('UPDATE "OutboxMessages" SET "ProcessedAt"'):
+                raced.append("racing")  # the other worker's own mark passes by
+                raced[0] = deliverer(app).process(row["Id"]).status
+
+        [outcome] = one_job_listening(app, "before_cursor_execute", other_worker_first)
+        assert raced == ["processed"]
+        assert outcome.status == "skipped"
+        counters = stats(app, event_id)
+        assert counters is not None and counters["Registrations"] == 1
+        assert len(smtp.to("gil@example.test")) == 1
+    finally:
+        get_db(app).dispose()
 
 
 def test_a_handler_that_claimed_its_inbox_row_cannot_commit_halfway() -> None:
@@ -302,10 +396,11 @@ def one_job_listening(app: Flask, event_name: str, listener: Callable[..., None]
         sa_event.remove(engine, event_name, listener)
 
 
-def test_a_message_takes_four_statements_in_a_job_of_twenty(mail_app: Flask) -> None:
-    """Bookkeeping per message: the handlers' own SQL and one statement per handler
-    claiming its inbox row; taking the job's messages over and marking them
-    processed are one statement each per job."""
+def test_a_message_takes_three_statements_in_a_job_of_twenty(mail_app: Flask) -> None:
+    """Bookkeeping per message: the handlers' own SQL and one statement claiming the
+    mail's inbox row; taking the job's messages over, marking them processed and
+    claiming their counters' inbox rows are one statement each per job (on
+    PostgreSQL; SQLite claims the counters' rows one by one)."""
     event_id = new_event(mail_app, capacity=50)
     for i in range(20):
         register(mail_app, event_id, f"guest{i}")
@@ -317,9 +412,12 @@ def test_a_message_takes_four_statements_in_a_job_of_twenty(mail_app: Flask) -> 
 
     outcomes = one_job_listening(mail_app, "before_cursor_execute", count)
     assert {x.status for x in outcomes} == {"processed"}
-    # per message: 2 handlers x (inbox claim, handler SQL) = 4; per job: take over,
-    # attempt rows, mark processed
-    assert len(seen) == 4 * 20 + 3, seen[:12]
+    # per message: the mail's inbox claim, its registration's status, the counter's
+    # upsert; per job: take over, attempt rows, mark processed, the counters' claims
+    if get_db(mail_app).engine.dialect.name == "postgresql":
+        assert len(seen) == 3 * 20 + 4, seen[:12]
+    else:
+        assert len(seen) == 4 * 20 + 3, seen[:12]
 
 
 def cancelled_with_waitlist(app: Flask, waiting: list[str]) -> dict[str, Any]:

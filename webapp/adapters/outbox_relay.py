@@ -294,6 +294,31 @@ def _claim_locking_stmt(postgresql: bool) -> Executable:
     ).bindparams(*_CLAIM_PARAMS)
 
 
+def claim_inbox_rows(
+    session: Session, claims: Sequence[tuple[uuid.UUID, str]], now: datetime
+) -> set[tuple[uuid.UUID, str]]:
+    """:func:`claim_inbox_row` for several (message, key) pairs: the pairs this
+    transaction added (one statement on PostgreSQL, one per pair elsewhere)."""
+    if not claims:
+        return set()
+    if not _is_postgresql(session):
+        return {c for c in claims if claim_inbox_row(session, c[0], c[1], now)}
+    params = {"ids": [c[0] for c in claims], "handlers": [c[1] for c in claims], "now": now}
+    return {(row[0], row[1]) for row in session.execute(_CLAIM_INBOX_ROWS, params)}
+
+
+#: PostgreSQL: the pairs as two arrays, unnested side by side
+_CLAIM_INBOX_ROWS = text(
+    'INSERT INTO "ProcessedMessages" ("MessageId", "Handler", "ProcessedAt") '
+    "SELECT claim.id, claim.handler, :now FROM unnest(:ids, :handlers) AS claim(id, handler) "
+    'ON CONFLICT DO NOTHING RETURNING "MessageId", "Handler"'
+).bindparams(
+    bindparam("ids", type_=postgresql_array(processed_messages.c.MessageId.type)),
+    bindparam("handlers", type_=postgresql_array(processed_messages.c.Handler.type)),
+    _CLAIM_PARAMS[2],
+)
+
+
 def forget_inbox_row(session: Session, message_id: uuid.UUID, key: str) -> None:
     """Take back ``key``, claimed in this transaction, when what it stood for did not
     happen after all (a waitlist notice another fan-out sent meanwhile)."""

@@ -5,7 +5,9 @@ Each handler gets the message and a :class:`HandlerContext` whose ``session`` is
 the handler's own transaction (the worker commits it together with the inbox row,
 see ``webapp.services.delivery``). A handler that sends several mails records each
 recipient with ``first_time`` and commits after each send with ``checkpoint``, and
-is registered with ``checkpoints=True``.
+is registered with ``checkpoints=True``. A handler that only writes to the database
+is registered with ``database_only=True``: its session is then the job's last
+transaction, which marks its message processed.
 """
 
 from __future__ import annotations
@@ -126,10 +128,17 @@ def notify_waitlist_positions(message: WaitlistPositionChanged, ctx: HandlerCont
         ctx.checkpoint()
 
 
-@handles(RegistrationCreated, RegistrationCancelled, RegistrationPromoted, asynchronous=True)
+@handles(
+    RegistrationCreated,
+    RegistrationCancelled,
+    RegistrationPromoted,
+    asynchronous=True,
+    database_only=True,
+)
 def count_popularity(message: Any, ctx: HandlerContext) -> None:
     """Business counters per event (registrations, waitlisted, cancellations, promotions):
-    one upsert, committed with the handler's inbox row."""
+    one upsert, committed with the handler's inbox row (in the transaction that marks
+    the message processed, once its mails are sent)."""
     column = {
         "RegistrationCreated": "Registrations",
         "RegistrationCancelled": "Cancellations",

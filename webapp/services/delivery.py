@@ -15,6 +15,16 @@ locks the message's row and checks the inbox instead (one statement), and writes
 its inbox row at its end. Each commit releases the row lock; its next claim (a
 recipient's, or its own at the end) takes it again in the same statement, so the
 row is locked whenever the handler writes or mails.
+
+A handler that only writes to the database (``database_only``: a counter) needs no
+transaction of its own: once a message's other handlers succeeded, it runs in the
+job's last transaction, the one that marks the job's messages processed, with its
+inbox row claimed there (one statement for the job). Its writes then commit with
+the mark, and a message marked processed by another worker first runs none of
+them. A message whose other handler failed runs it at once in its own transaction,
+as before, so a counter does not wait for a mail server; if the job's last
+transaction fails (such a handler raised, or two jobs deadlocked on a counter's
+row), it is rolled back and the job's database-only handlers run one by one.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,6 +177,18 @@ class _Attempt:
     started_at: datetime
     duration: float
     failure: BaseException | None
+    message: Any = None
+    #: database-only handlers left for the job's last transaction
+    deferred: tuple[messagebus.AsyncHandler, ...] = ()
+    #: the message's span, which the last transaction's span links to
+    span_context: trace.SpanContext | None = None
+
+
+class _NoMail:
+    """The mailer of a database-only handler."""
+
+    def send(self, to: str, template: str, context: dict[str, Any], message_key: str) -> None:
+        raise RuntimeError("a database_only handler sends nothing")
 
 
 @dataclass
@@ -278,7 +300,7 @@ class Deliverer:
                 kind=trace.SpanKind.CONSUMER,
                 attributes={"messaging.message.id": str(mid), "les.worker": self.worker_name},
             ) as span:
-                attempt = self._run(mid, row)
+                attempt = self._run(mid, row, span.get_span_context())
                 if attempt.failure is None:
                     succeeded.append(attempt)
                     span.set_attribute("les.outcome", "processed")
@@ -301,7 +323,11 @@ class Deliverer:
             return Outcome("skipped")  # handled meanwhile, dead, archived, or gone
         return self._finish(_Attempt(mid, types[mid], utcnow(), 0.0, error))
 
-    def _run(self, mid: uuid.UUID, row: dict[str, Any]) -> _Attempt:
+    def _run(
+        self, mid: uuid.UUID, row: dict[str, Any], span_context: trace.SpanContext | None = None
+    ) -> _Attempt:
+        """The message's handlers, but its database-only ones only if another failed:
+        they are left for the job's last transaction otherwise."""
         type_name = row["Type"]
         started_at = utcnow()
         started = time.perf_counter()
@@ -311,18 +337,34 @@ class Deliverer:
         except Exception as error:  # unreadable payload: a dead letter in the making
             failure = error
             message = None
+        deferred: list[messagebus.AsyncHandler] = []
         if message is not None:
-            for handler in messagebus.async_handlers(type_name):
-                try:
-                    self._run_handler(mid, handler, message)
-                except Exception as error:
-                    log.warning(
-                        "handler %s failed on %s %s: %r", handler.name, type_name, mid, error
-                    )
-                    failure = failure or error
+            handlers = messagebus.async_handlers(type_name)
+            deferred = [h for h in handlers if h.database_only]
+            failure = self._run_handlers(mid, message, [h for h in handlers if not h.database_only])
+            if failure is not None:
+                self._run_handlers(mid, message, deferred)
+                deferred = []
         duration = time.perf_counter() - started
         HANDLER_SECONDS.labels(message_type=type_name).observe(duration)
-        return _Attempt(mid, type_name, started_at, duration, failure)
+        return _Attempt(
+            mid, type_name, started_at, duration, failure, message, tuple(deferred), span_context
+        )
+
+    def _run_handlers(
+        self, mid: uuid.UUID, message: Any, handlers: Sequence[messagebus.AsyncHandler]
+    ) -> Exception | None:
+        """Each handler in its own transaction; the first failure, if any."""
+        failure: Exception | None = None
+        for handler in handlers:
+            try:
+                self._run_handler(mid, handler, message)
+            except Exception as error:
+                log.warning(
+                    "handler %s failed on %s %s: %r", handler.name, message.type_name, mid, error
+                )
+                failure = failure or error
+        return failure
 
     def _run_handler(self, mid: uuid.UUID, handler: messagebus.AsyncHandler, message: Any) -> None:
         with self._session() as session:
@@ -350,9 +392,37 @@ class Deliverer:
                 raise
 
     def _finish_processed(self, attempts: Sequence[_Attempt]) -> dict[uuid.UUID, Outcome]:
-        """Every handler of these messages succeeded: their attempt rows and
-        ``ProcessedAt`` in one transaction (a message processed meanwhile by another
-        worker is ``skipped``)."""
+        """Every handler of these messages succeeded, but for the database-only ones
+        left for now: those, their attempt rows and ``ProcessedAt`` in one transaction
+        (a message processed meanwhile by another worker is ``skipped``). If that
+        transaction fails, its database-only handlers run one by one, each in a
+        transaction of its own, and the messages whose handlers succeeded are marked
+        without them."""
+        if not any(a.deferred for a in attempts):
+            return self._mark_processed(attempts)
+        try:
+            return self._mark_processed(attempts)
+        except Exception as error:
+            log.warning(
+                "the last transaction of a job of %d messages failed (%r): its "
+                "database-only handlers run one by one",
+                len(attempts),
+                error,
+            )
+        outcomes: dict[uuid.UUID, Outcome] = {}
+        done: list[_Attempt] = []
+        for attempt in attempts:
+            failure = self._run_handlers(attempt.message_id, attempt.message, attempt.deferred)
+            attempt = replace(attempt, failure=failure, deferred=())
+            if failure is None:
+                done.append(attempt)
+            else:
+                outcomes[attempt.message_id] = self._finish(attempt)
+        if done:
+            outcomes.update(self._mark_processed(done))
+        return outcomes
+
+    def _mark_processed(self, attempts: Sequence[_Attempt]) -> dict[uuid.UUID, Outcome]:
         with self._session() as session, session.begin():
             outbox_relay.record_attempts(
                 session,
@@ -366,10 +436,45 @@ class Deliverer:
             marked = outbox_relay.mark_processed_many(
                 session, [a.message_id for a in attempts], utcnow()
             )
+            self._run_deferred(session, [a for a in attempts if a.message_id in marked])
         return {
             a.message_id: Outcome("processed" if a.message_id in marked else "skipped", a.type_name)
             for a in attempts
         }
+
+    def _run_deferred(self, session: Session, attempts: Sequence[_Attempt]) -> None:
+        """The database-only handlers of these messages, which this transaction marks
+        processed: each whose inbox row this transaction claims (not one that ran in an
+        earlier, failed attempt). In the order of the messages' events, so that two
+        jobs take the events' counter rows in the same order."""
+        attempts = sorted(
+            (a for a in attempts if a.deferred),
+            key=lambda a: (getattr(a.message, "event_id", 0), a.message_id),
+        )
+        if not attempts:
+            return
+        links = [trace.Link(a.span_context) for a in attempts if a.span_context is not None]
+        tracer = trace.get_tracer(__name__)
+        with tracer.start_as_current_span(
+            "outbox.handle database-only",
+            links=links,
+            attributes={"messaging.batch.message_count": len(attempts)},
+        ):
+            claims = [(a.message_id, h.name) for a in attempts for h in a.deferred]
+            claimed = outbox_relay.claim_inbox_rows(session, claims, utcnow())
+            for attempt in attempts:
+                for handler in attempt.deferred:
+                    if (attempt.message_id, handler.name) not in claimed:
+                        continue  # it ran in an earlier attempt, whose mail failed
+                    ctx = HandlerRun(
+                        session,
+                        _NoMail(),
+                        attempt.message_id,
+                        self.public_base_url,
+                        self.secret_key,
+                        self.waitlist_notice_max_position,
+                    )
+                    handler.func(attempt.message, ctx)
 
     def _finish(self, attempt: _Attempt) -> Outcome:
         """Record a failed attempt: a retry with backoff, or a dead letter."""

@@ -28,6 +28,11 @@ class AsyncHandler:
     #: inbox row at its end; every other handler claims its inbox row first (see
     #: ``webapp.services.delivery``)
     checkpoints: bool = False
+    #: writes only through its context's session and sends nothing (a counter): when
+    #: a message's other handlers succeed, it runs in the transaction that marks the
+    #: message processed, with the job's other messages, instead of a transaction of
+    #: its own (see ``webapp.services.delivery``)
+    database_only: bool = False
 
 
 _sync: dict[type[Message], list[Callable[..., Any]]] = defaultdict(list)
@@ -35,19 +40,25 @@ _async: dict[str, list[AsyncHandler]] = defaultdict(list)
 
 
 def handles(
-    *message_types: type[Message], asynchronous: bool = False, checkpoints: bool = False
+    *message_types: type[Message],
+    asynchronous: bool = False,
+    checkpoints: bool = False,
+    database_only: bool = False,
 ) -> Callable[[F], F]:
     """Register the decorated function as a handler of ``message_types``.
-    ``checkpoints`` (asynchronous handlers only): see :class:`AsyncHandler`."""
-    if checkpoints and not asynchronous:
-        raise ValueError("checkpoints is for asynchronous handlers")
+    ``checkpoints`` and ``database_only`` (asynchronous handlers only): see
+    :class:`AsyncHandler`."""
+    if (checkpoints or database_only) and not asynchronous:
+        raise ValueError("checkpoints and database_only are for asynchronous handlers")
+    if checkpoints and database_only:
+        raise ValueError("a database-only handler commits with its message, not midway")
 
     def register(func: F) -> F:
         for message_type in message_types:
             if asynchronous:
                 name = f"{func.__module__}:{func.__qualname__}"
                 if all(h.name != name for h in _async[message_type.__name__]):
-                    handler = AsyncHandler(name, func, checkpoints)
+                    handler = AsyncHandler(name, func, checkpoints, database_only)
                     _async[message_type.__name__].append(handler)
             elif func not in _sync[message_type]:
                 _sync[message_type].append(func)
