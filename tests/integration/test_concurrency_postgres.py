@@ -3,7 +3,6 @@ anyone on the waitlist, never promote anyone twice."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import sys
@@ -52,12 +51,19 @@ def new_event(app: Flask, capacity: int) -> int:
 
 
 def run_concurrently(tasks: list[Callable[[], object]]) -> list[object]:
-    """Run every task on its own thread/connection, released together by a barrier."""
-    barrier = threading.Barrier(min(THREADS, len(tasks)))
+    """Run the tasks on ``THREADS`` threads, each with its own connection: the first
+    task of every thread waits until all threads have one, then they start together;
+    the later tasks start as threads free up. (A barrier that every task passed
+    waited its timeout for the last, incomplete group of each round.)"""
+    first_wave = min(THREADS, len(tasks))
+    arrived = iter(range(1, first_wave + 1))
+    lock, go = threading.Lock(), threading.Event()
 
     def start(task: Callable[[], object]) -> object:
-        with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.wait(timeout=10)
+        with lock:
+            if next(arrived, 0) == first_wave:
+                go.set()
+        go.wait(timeout=10)
         try:
             return task()
         except errors.DomainError as error:
