@@ -298,10 +298,11 @@ def claim_inbox_rows(
     session: Session, claims: Sequence[tuple[uuid.UUID, str]], now: datetime
 ) -> set[tuple[uuid.UUID, str]]:
     """:func:`claim_inbox_row` for several (message, key) pairs: the pairs this
-    transaction added (one statement on PostgreSQL, one per pair elsewhere)."""
+    transaction added (one statement on PostgreSQL, one per pair elsewhere; a single
+    pair binds no arrays)."""
     if not claims:
         return set()
-    if not _is_postgresql(session):
+    if len(claims) == 1 or not _is_postgresql(session):
         return {c for c in claims if claim_inbox_row(session, c[0], c[1], now)}
     params = {"ids": [c[0] for c in claims], "handlers": [c[1] for c in claims], "now": now}
     return {(row[0], row[1]) for row in session.execute(_CLAIM_INBOX_ROWS, params)}

@@ -46,6 +46,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from sqlalchemy.orm import Session
 
@@ -180,8 +181,21 @@ class _Attempt:
     message: Any = None
     #: database-only handlers left for the job's last transaction
     deferred: tuple[messagebus.AsyncHandler, ...] = ()
-    #: the message's span, which the last transaction's span links to
+    #: the message's span, the parent of its database-only handlers' spans
     span_context: trace.SpanContext | None = None
+
+
+@contextlib.contextmanager
+def _within(span_context: trace.SpanContext | None) -> Iterator[None]:
+    """Make the span of ``span_context`` (which may have ended) the current parent."""
+    if span_context is None:
+        yield
+        return
+    token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(span_context)))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 class _NoMail:
@@ -446,34 +460,28 @@ class Deliverer:
         """The database-only handlers of these messages, which this transaction marks
         processed: each whose inbox row this transaction claims (not one that ran in an
         earlier, failed attempt). In the order of the messages' events, so that two
-        jobs take the events' counter rows in the same order."""
+        jobs take the events' counter rows in the same order; each in its message's
+        trace, under the span its other handlers ran in."""
         attempts = sorted(
             (a for a in attempts if a.deferred),
             key=lambda a: (getattr(a.message, "event_id", 0), a.message_id),
         )
-        if not attempts:
-            return
-        links = [trace.Link(a.span_context) for a in attempts if a.span_context is not None]
-        tracer = trace.get_tracer(__name__)
-        with tracer.start_as_current_span(
-            "outbox.handle database-only",
-            links=links,
-            attributes={"messaging.batch.message_count": len(attempts)},
-        ):
-            claims = [(a.message_id, h.name) for a in attempts for h in a.deferred]
-            claimed = outbox_relay.claim_inbox_rows(session, claims, utcnow())
-            for attempt in attempts:
-                for handler in attempt.deferred:
-                    if (attempt.message_id, handler.name) not in claimed:
-                        continue  # it ran in an earlier attempt, whose mail failed
-                    ctx = HandlerRun(
-                        session,
-                        _NoMail(),
-                        attempt.message_id,
-                        self.public_base_url,
-                        self.secret_key,
-                        self.waitlist_notice_max_position,
-                    )
+        claims = [(a.message_id, h.name) for a in attempts for h in a.deferred]
+        claimed = outbox_relay.claim_inbox_rows(session, claims, utcnow())
+        for attempt in attempts:
+            handlers = [h for h in attempt.deferred if (attempt.message_id, h.name) in claimed]
+            if not handlers:
+                continue  # they ran in an earlier attempt, whose mail failed
+            ctx = HandlerRun(
+                session,
+                _NoMail(),
+                attempt.message_id,
+                self.public_base_url,
+                self.secret_key,
+                self.waitlist_notice_max_position,
+            )
+            with _within(attempt.span_context):
+                for handler in handlers:
                     handler.func(attempt.message, ctx)
 
     def _finish(self, attempt: _Attempt) -> Outcome:
