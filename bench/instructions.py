@@ -5,10 +5,10 @@ The benchmark's timings drift with the machine (here the same code's CPU per
 message moved by 2x within the hour), so they cannot tell a change of a few per cent.
 An instruction count does: it is the same for the same code and data, whatever else
 the machine does. This seeds a scratch PostgreSQL database with RegistrationCreated
-messages, runs the worker's job code (``Deliverer.process_many``, jobs of 10, mails
-into a folder, tracing on as in production) under callgrind for N1 and then N2 other
-messages, and reports ``(I(N2) - I(N1)) / (N2 - N1)``: the start-up and imports
-cancel out. Compare two commits by running it in a work tree of each.
+messages, runs the worker's job code (``Deliverer.process_many``, jobs of 10 or of
+``--job-size``, mails into a folder, tracing on as in production) under callgrind
+for N1 and then N2 other messages, and reports ``(I(N2) - I(N1)) / (N2 - N1)``: the
+start-up and imports cancel out. Compare two commits by running it in a work tree of each.
 
 ``--cancellations N1,N2`` measures the work a cancellation with promotion leaves
 the workers instead, per cancellation: its messages (cancelled, promoted, the
@@ -152,8 +152,9 @@ def seed_cancellations(database_url: str, cancellations: int) -> int:
     return pending // cancellations
 
 
-def handle(database_url: str, start: int, count: int) -> None:
-    """The measured process: messages ``[start, start + count)`` in jobs of 10."""
+def handle(database_url: str, start: int, count: int, job_size: int = JOB_SIZE) -> None:
+    """The measured process: messages ``[start, start + count)`` in jobs of
+    ``job_size``."""
     from sqlalchemy import select
 
     from webapp.adapters.mail import make_mailer
@@ -169,8 +170,8 @@ def handle(database_url: str, start: int, count: int) -> None:
         ids = [r[0] for r in conn.execute(select(o.Id).order_by(o.CreatedAt, o.Id))]
     ids = ids[start : start + count]
     deliverer = Deliverer(db, make_mailer(app.config), app.config, "instructions")
-    for k in range(0, len(ids), JOB_SIZE):
-        outcomes = deliverer.process_many(ids[k : k + JOB_SIZE])
+    for k in range(0, len(ids), job_size):
+        outcomes = deliverer.process_many(ids[k : k + job_size])
         assert {x.status for x in outcomes} == {"processed"}, outcomes
     db.dispose()
     shutil.rmtree(mailbox, ignore_errors=True)
@@ -232,13 +233,15 @@ def browse(database_url: str, kind: str, start: int, count: int) -> None:
     shutil.rmtree(mailbox, ignore_errors=True)
 
 
-def counted(database_url: str, start: int, count: int, kind: str | None = None) -> int:
-    """Instructions of one process handling ``count`` messages from ``start`` (with
-    ``kind``: web operations, or relay passes)."""
+def counted(
+    database_url: str, start: int, count: int, kind: str | None = None, job_size: int = JOB_SIZE
+) -> int:
+    """Instructions of one process handling ``count`` messages from ``start`` in jobs of
+    ``job_size`` (with ``kind``: web operations, or relay passes)."""
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     command += [sys.executable, "-m", "bench.instructions"]
     if kind is None:
-        command += ["--handle", str(start), str(count)]
+        command += ["--handle", str(start), str(count), "--job-size", str(job_size)]
     elif kind == RELAY:
         command += ["--dispatch", str(count)]
         redis.Redis.from_url(f"{REDIS_BASE}/{WEB_REDIS_DB}").flushdb()
@@ -257,6 +260,13 @@ def counted(database_url: str, start: int, count: int, kind: str | None = None) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--messages", default="50,250", help="N1,N2 (default 50,250)")
+    parser.add_argument(
+        "--job-size",
+        type=int,
+        default=JOB_SIZE,
+        help=f"messages per worker job for --messages and --cancellations (default "
+        f"{JOB_SIZE}; 1 is the light load's job, where every message is a job of its own)",
+    )
     parser.add_argument(
         "--cancellations",
         metavar="N1,N2",
@@ -285,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         "--browse", nargs=3, metavar=("KIND", "START", "COUNT"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
+    if args.job_size < 1:
+        parser.error("--job-size counts messages: 1 or more")
     if args.handle:
-        handle(os.environ["LES_INSTRUCTIONS_DB"], *args.handle)
+        handle(os.environ["LES_INSTRUCTIONS_DB"], *args.handle, job_size=args.job_size)
         return 0
     if args.dispatch:
         dispatch(os.environ["LES_INSTRUCTIONS_DB"], args.dispatch)
@@ -324,15 +336,17 @@ def main(argv: list[str] | None = None) -> int:
             seed(database_url, sum(plans.get(None) or plans.get(RELAY) or (0,)))
         result: dict[str, Any] = {}
         for kind, (small, large) in plans.items():
-            first = counted(database_url, 0, small * per_unit, kind)
-            second = counted(database_url, small * per_unit, large * per_unit, kind)
+            first = counted(database_url, 0, small * per_unit, kind, args.job_size)
+            second = counted(database_url, small * per_unit, large * per_unit, kind, args.job_size)
             per = round((second - first) / (large - small))
             if args.cancellations:
                 result = {"cancellations": [small, large], "instructions": [first, second]}
+                result["job_size"] = args.job_size
                 result["messages_per_cancellation"] = per_unit
                 result["instructions_per_cancellation"] = per
             elif kind is None:
                 result = {"messages": [small, large], "instructions": [first, second]}
+                result["job_size"] = args.job_size
                 result["instructions_per_message"] = per
             elif kind == RELAY:
                 result = {"passes": [small, large], "instructions": [first, second]}

@@ -51,6 +51,24 @@ def test_a_cancellation_leaves_three_messages_and_two_waitlist_notices(
     assert len(notices) == 4 * instructions.NOTICES
 
 
+@pytest.mark.parametrize(("job_size", "jobs"), [(1, 4), (4, 1)])
+def test_the_tool_handles_its_messages_in_jobs_of_the_size_asked(
+    postgres_url: str, tool_redis: redis.Redis, job_size: int, jobs: int
+) -> None:
+    """A job marks its messages processed in its last transaction, at one time: four
+    messages in jobs of one are marked at four times, in a job of four at one."""
+    instructions.seed(postgres_url, 4)
+    instructions.handle(postgres_url, 0, 4, job_size=job_size)
+    engine = create_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            marked = [r[0] for r in conn.execute(select(o.ProcessedAt))]
+    finally:
+        engine.dispose()
+    assert len(marked) == 4 and None not in marked
+    assert len(set(marked)) == jobs
+
+
 def test_a_relay_pass_of_the_tool_dispatches_one_message(
     postgres_url: str, tool_redis: redis.Redis
 ) -> None:
