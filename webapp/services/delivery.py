@@ -279,9 +279,10 @@ class Deliverer:
         """Handle several messages in order (one worker job; the relay puts several
         fresh messages in one job under load). One statement takes them all over;
         each handler runs in its own transaction with its inbox row, as for a single
-        message; a failure is recorded at once; the messages that succeeded are
-        marked processed together, with their attempt rows, in one transaction at
-        the end. Outcomes come back in the order of ``message_ids``."""
+        message, but for the database-only ones; a failure is recorded at once; the
+        messages that succeeded are marked processed together, with their attempt
+        rows and their database-only handlers, in one transaction at the end.
+        Outcomes come back in the order of ``message_ids``."""
         with self._one_connection():
             return self._process_many(message_ids, trace_contexts or {}, lease_seconds)
 
