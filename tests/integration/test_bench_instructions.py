@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -32,18 +33,23 @@ def tool_redis(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[redi
     client.flushdb()
 
 
+def column_values(database_url: str, column: Any) -> list[Any]:
+    """Every row's value of ``column`` in the tool's database."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return [r[0] for r in conn.execute(select(column))]
+    finally:
+        engine.dispose()
+
+
 def test_a_cancellation_leaves_three_messages_and_two_waitlist_notices(
     postgres_url: str, tool_redis: redis.Redis
 ) -> None:
     assert instructions.seed_cancellations(postgres_url, 4) == 3
     instructions.handle(postgres_url, 0, 4 * 3)  # asserts every message was processed
-    engine = create_engine(postgres_url)
-    try:
-        with engine.connect() as conn:
-            types = sorted(r[0] for r in conn.execute(select(o.Type)))
-            keys = [r[0] for r in conn.execute(select(processed_messages.c.Handler))]
-    finally:
-        engine.dispose()
+    types = sorted(column_values(postgres_url, o.Type))
+    keys = column_values(postgres_url, processed_messages.c.Handler)
     assert types == sorted(
         ["RegistrationCancelled", "RegistrationPromoted", "WaitlistPositionChanged"] * 4
     )
@@ -59,12 +65,7 @@ def test_the_tool_handles_its_messages_in_jobs_of_the_size_asked(
     messages in jobs of one are marked at four times, in a job of four at one."""
     instructions.seed(postgres_url, 4)
     instructions.handle(postgres_url, 0, 4, job_size=job_size)
-    engine = create_engine(postgres_url)
-    try:
-        with engine.connect() as conn:
-            marked = [r[0] for r in conn.execute(select(o.ProcessedAt))]
-    finally:
-        engine.dispose()
+    marked = column_values(postgres_url, o.ProcessedAt)
     assert len(marked) == 4 and None not in marked
     assert len(set(marked)) == jobs
 
@@ -74,12 +75,7 @@ def test_a_relay_pass_of_the_tool_dispatches_one_message(
 ) -> None:
     instructions.seed(postgres_url, 3)
     instructions.dispatch(postgres_url, 3)  # asserts one message per pass
-    engine = create_engine(postgres_url)
-    try:
-        with engine.connect() as conn:
-            dispatched = [r[0] for r in conn.execute(select(o.DispatchedAt))]
-    finally:
-        engine.dispose()
+    dispatched = column_values(postgres_url, o.DispatchedAt)
     assert len(dispatched) == 3 and None not in dispatched
     queue = Queue(OUTBOX_QUEUE, connection=tool_redis, serializer=JSONSerializer)
     assert queue.count == 3
