@@ -62,7 +62,9 @@ RELAY_DISPATCH_SECONDS = Histogram(
 RELAY_DISPATCHED = Counter("les_relay_dispatched_total", "Messages enqueued by the relay")
 HANDLER_SECONDS = Histogram(
     "les_handler_duration_seconds",
-    "Async handler duration by message type",
+    "Async handler duration by message type: a message's handlers that run in "
+    "transactions of their own (its database-only ones, the counters, run with the "
+    "job's last transaction)",
     ["message_type"],
     buckets=_LATENCY_BUCKETS,
 )
