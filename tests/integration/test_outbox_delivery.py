@@ -3,6 +3,8 @@ real SMTP server on loopback): mails, counters, idempotency, retries, dead lette
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -336,6 +338,66 @@ def test_a_message_another_worker_marks_first_is_not_counted_twice(
         counters = stats(app, event_id)
         assert counters is not None and counters["Registrations"] == 1
         assert len(smtp.to("gil@example.test")) == 1
+    finally:
+        get_db(app).dispose()
+
+
+@pytest.mark.postgres
+def test_two_jobs_take_their_counters_rows_in_the_same_order(
+    postgres_url: str, redis_url: str, smtp: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two jobs hold messages of the same two events in opposite orders. Each takes
+    its counters' rows in the order of the events, so the second waits for the first
+    instead of deadlocking with it: the first job, holding its first counter's row,
+    goes on only once the second job is writing its own first counter."""
+    import threading
+
+    app = make_app(postgres_url, redis_url, **smtp.config())
+    try:
+        events = [new_event(app, capacity=5, title=f"Order {n}") for n in (1, 2)]
+        for n, event_id in enumerate(events * 2):
+            register(app, event_id, f"ord{n}")
+        ids: dict[int, list[uuid.UUID]] = {e: [] for e in events}
+        for row in outbox(app):
+            ids[json.loads(row["Data"])["event_id"]].append(row["Id"])
+        jobs = {
+            "first": [ids[events[1]][0], ids[events[0]][0]],
+            "second": [ids[events[0]][1], ids[events[1]][1]],
+        }
+        outcomes: dict[str, list[str]] = {}
+
+        def run(name: str) -> None:
+            outcomes[name] = [o.status for o in deliverer(app).process_many(jobs[name])]
+
+        second = threading.Thread(target=run, args=("second",), name="second")
+        second_writes = threading.Event()
+        counter = 'INSERT INTO "EventStats"'
+
+        def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if statement.startswith(counter) and threading.current_thread() is second:
+                second_writes.set()
+
+        def after(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if statement.startswith(counter) and not second.is_alive() and not outcomes:
+                second.start()  # the first job holds its first counter's row
+                assert second_writes.wait(timeout=20)
+                time.sleep(0.3)  # its statement reaches the server, and waits or not
+
+        engine = get_db(app).engine
+        sa_event.listen(engine, "before_cursor_execute", before)
+        sa_event.listen(engine, "after_cursor_execute", after)
+        try:
+            with caplog.at_level("WARNING", logger="webapp.services.delivery"):
+                run("first")
+                second.join(timeout=30)
+        finally:
+            sa_event.remove(engine, "before_cursor_execute", before)
+            sa_event.remove(engine, "after_cursor_execute", after)
+        assert outcomes == {"first": ["processed"] * 2, "second": ["processed"] * 2}
+        assert "last transaction" not in caplog.text  # no deadlock, no one-by-one rerun
+        for event_id in events:
+            counters = stats(app, event_id)
+            assert counters is not None and counters["Registrations"] == 2
     finally:
         get_db(app).dispose()
 
