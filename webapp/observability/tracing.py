@@ -69,6 +69,21 @@ def continue_trace(
         yield span
 
 
+@contextlib.contextmanager
+def within_span(span_context: trace.SpanContext | None) -> Iterator[None]:
+    """Make the span of ``span_context`` (which may have ended: a message's, whose
+    last handlers run in its job's closing transaction) the parent of the spans
+    started inside; nothing changes for None."""
+    if span_context is None:
+        yield
+        return
+    token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(span_context)))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 def defer_provider() -> None:
     """Called by the gunicorn config in the master: providers are built after fork."""
     _state["deferred"] = True

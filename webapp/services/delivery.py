@@ -46,7 +46,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from sqlalchemy.orm import Session
 
@@ -57,7 +56,7 @@ from webapp.observability.metrics import (
     HANDLER_SECONDS,
     MESSAGES_DEAD_LETTERED,
 )
-from webapp.observability.tracing import continue_trace
+from webapp.observability.tracing import continue_trace, within_span
 from webapp.services import messagebus, status_links
 from webapp.services.async_handlers import Mailer
 from webapp.services.unit_of_work import CommitResult, utcnow
@@ -183,19 +182,6 @@ class _Attempt:
     deferred: tuple[messagebus.AsyncHandler, ...] = ()
     #: the message's span, the parent of its database-only handlers' spans
     span_context: trace.SpanContext | None = None
-
-
-@contextlib.contextmanager
-def _within(span_context: trace.SpanContext | None) -> Iterator[None]:
-    """Make the span of ``span_context`` (which may have ended) the current parent."""
-    if span_context is None:
-        yield
-        return
-    token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(span_context)))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
 
 
 class _NoMail:
@@ -413,11 +399,11 @@ class Deliverer:
         transaction fails, its database-only handlers run one by one, each in a
         transaction of its own, and the messages whose handlers succeeded are marked
         without them."""
-        if not any(a.deferred for a in attempts):
-            return self._mark_processed(attempts)
         try:
             return self._mark_processed(attempts)
         except Exception as error:
+            if not any(a.deferred for a in attempts):
+                raise  # bookkeeping only: the relay redelivers after the lease
             log.warning(
                 "the last transaction of a job of %d messages failed (%r): its "
                 "database-only handlers run one by one",
@@ -481,7 +467,7 @@ class Deliverer:
                 self.secret_key,
                 self.waitlist_notice_max_position,
             )
-            with _within(attempt.span_context):
+            with within_span(attempt.span_context):
                 for handler in handlers:
                     handler.func(attempt.message, ctx)
 
