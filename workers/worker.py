@@ -76,7 +76,54 @@ class _RqTrafficUntraced:
             flush_spans()
 
 
-class OutboxWorker(_RqTrafficUntraced, SimpleWorker):
+#: RQ's worker heartbeat or state write repeated within this many seconds is not sent
+REPEAT_WINDOW_SECONDS = 1.0
+
+
+class _RqBookkeepingOnce:
+    """RQ (2.x) beats the worker's heartbeat three times around each job on its own
+    (after the dequeue, after the job, before the next dequeue: ``HSET`` and
+    ``EXPIRE``, a round trip each), besides the beats in its suspension check and the
+    job's preparation, and marks the worker idle twice between two jobs: 8 of a job's
+    18 round trips to Redis.
+
+    Here a heartbeat is not sent again within :data:`REPEAT_WINDOW_SECONDS` of one
+    that kept the worker's key alive at least as long, a state is not written again
+    within it, and a heartbeat that is sent goes as one round trip: 12 round trips a
+    job (``tests/integration/test_worker_bookkeeping.py``). So the key never
+    expires sooner than a second before it would have (RQ's TTL is the wait for a job
+    plus 75 s), and it holds the same state and a heartbeat at most a second older."""
+
+    _beat_at = float("-inf")
+    _beat_ttl = 0
+    _state_at = float("-inf")
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        timeout = timeout or self.worker_ttl + 60  # type: ignore[attr-defined]
+        at = time.monotonic()
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)  # type: ignore[misc]
+        elif at - self._beat_at < REPEAT_WINDOW_SECONDS and self._beat_ttl >= timeout:
+            return
+        else:
+            with self.connection.pipeline(transaction=False) as batch:  # type: ignore[attr-defined]
+                super().heartbeat(timeout, pipeline=batch)  # type: ignore[misc]
+                batch.execute()
+        self._beat_at, self._beat_ttl = at, timeout
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        at = time.monotonic()
+        if (
+            pipeline is None
+            and state == self.get_state()  # type: ignore[attr-defined]
+            and at - self._state_at < REPEAT_WINDOW_SECONDS
+        ):
+            return
+        super().set_state(state, pipeline=pipeline)  # type: ignore[misc]
+        self._state_at = at
+
+
+class OutboxWorker(_RqTrafficUntraced, _RqBookkeepingOnce, SimpleWorker):
     """One RQ worker process, running its jobs itself: the pooled database
     connections are reused from job to job (a fork per job costs more than the
     handlers). Isolation comes from the pool, which respawns a worker that died;
@@ -88,7 +135,7 @@ class OutboxWorker(_RqTrafficUntraced, SimpleWorker):
         runtime.after_fork()  # forked from the pool: open our own connections
 
 
-class ForkingOutboxWorker(_RqTrafficUntraced, Worker):
+class ForkingOutboxWorker(_RqTrafficUntraced, _RqBookkeepingOnce, Worker):
     """``--fork-per-job``: a fresh work horse per job (memory leaks and crashes of a
     handler die with the horse), at the price of a fork and new connections."""
 
