@@ -17,7 +17,7 @@ people nearest a seat and mails the two the move brought past a milestone, each
 recipient claimed and committed on its own.
 
 ``--relay N1,N2`` counts the relay's instructions per pass that finds one message
-(claim, enqueue to Redis, mark dispatched), as at a light load, where every commit
+(claim and mark dispatched, enqueue to Redis), as at a light load, where every commit
 wakes the relay for its message alone.
 
 ``--web`` does the same for the web's request code, with the benchmark's production

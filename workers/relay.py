@@ -1,8 +1,9 @@
 """The outbox relay: ``python -m workers.relay``.
 
-Claims due outbox messages in batches under a lease, enqueues them as RQ jobs
-(JSON serializer, job id = the job's first message id, each message's trace
-context in ``job.meta``) and marks them dispatched. Several fresh messages share
+Claims due outbox messages in batches under a lease, marking them dispatched in the
+same statement, and enqueues them as RQ jobs (JSON serializer, job id = the job's
+first message id, each message's trace context in ``job.meta``); if Redis refuses
+them, it releases the batch and takes the mark back. Several fresh messages share
 a job (at most ``messages_per_job``; spread over the worker processes while the
 queue is empty, full jobs while jobs wait), which saves RQ's per-job work and lets
 the worker mark them processed in one transaction; a redelivery or a retry always
@@ -96,10 +97,11 @@ class Relay:
     # -- one pass ----------------------------------------------------------------------
     def dispatch_once(self) -> int:
         """Claim one batch and enqueue it; returns how many messages were claimed.
-        The pass's transactions (claim, then mark dispatched or release) share one
-        pooled connection, as a worker's job does: a checkout with its reset and
-        trace span costs about as much as the statement. No transaction stays open
-        while the jobs go to Redis."""
+        The claim marks the batch dispatched in the same statement, so a pass is one
+        transaction and the enqueue; only a failed enqueue (release) or a redelivery
+        whose job still waits in the queue (its lease extended) takes a second one, on
+        the same pooled connection. No transaction stays open while the jobs go to
+        Redis."""
         with self.db.write_engine.connect() as conn:
             return self._dispatch_on(conn)
 
@@ -117,19 +119,17 @@ class Relay:
             self._enqueue(to_send)
         except redis.RedisError:
             with self.db.write_sessions(bind=conn) as session, session.begin():
-                outbox_relay.release(session, [c.id for c in claimed], self.name)
+                outbox_relay.release(session, claimed, self.name)
             raise
         enqueued_at = utcnow()
-        with self.db.write_sessions(bind=conn) as session, session.begin():
-            outbox_relay.mark_dispatched(
-                session, [c.id for c in to_send], self.name, enqueued_at, self.lease_seconds
-            )
-            outbox_relay.extend_lease(
-                session,
-                list(waiting),
-                self.name,
-                enqueued_at + timedelta(seconds=self.lease_seconds),
-            )
+        if waiting:
+            with self.db.write_sessions(bind=conn) as session, session.begin():
+                outbox_relay.extend_lease(
+                    session,
+                    list(waiting),
+                    self.name,
+                    enqueued_at + timedelta(seconds=self.lease_seconds),
+                )
         RELAY_DISPATCHED.inc(len(to_send))
         for c in to_send:
             if c.dispatched_at is None:

@@ -49,12 +49,12 @@ def test_metrics_show_the_outbox_dead_rows_until_it_is_vacuumed(
             event_id = create_event(db.unit_of_work, EventDetails("Talk", "d", "R", start, True), 9)
             for i in range(5):
                 registrations.register(db.unit_of_work, event_id, f"P {i}", f"p{i}@example.com")
-            # the relay's claim and dispatch mark: two updates of each message
+            # a relay's claim, and its release after a failed enqueue: two updates of
+            # each message
             with db.write_sessions() as session, session.begin():
                 claimed = outbox_relay.claim(session, utcnow(), "relay-test", 100, 30.0)
             with db.write_sessions() as session, session.begin():
-                ids = [c.id for c in claimed]
-                outbox_relay.mark_dispatched(session, ids, "relay-test", utcnow(), 30.0)
+                outbox_relay.release(session, claimed, "relay-test")
             assert len(claimed) >= 5
             db.engine.dispose()  # a backend hands its table statistics over as it exits
 

@@ -19,10 +19,12 @@ from sqlalchemy import select, update
 
 from tests.conftest import make_app
 from tests.integration.outbox_support import free_port, wait_until
+from webapp.adapters import outbox_relay
 from webapp.adapters.tables import outbox_messages
 from webapp.extensions import get_db
 from webapp.services import events as event_service
 from webapp.services import registrations as registration_service
+from webapp.services.unit_of_work import utcnow
 from workers import HANDLE_MESSAGES_JOB, OUTBOX_QUEUE
 from workers.relay import Relay, start_in_thread
 
@@ -91,13 +93,14 @@ def test_a_few_messages_get_one_json_job_each(relay_app: Flask, redis_url: str) 
     assert relay.dispatch_once() == 0  # leased: nobody claims them again
 
 
-def test_a_pass_claims_the_oldest_in_one_statement_and_marks_them_in_another(
+def test_a_pass_claims_the_oldest_and_marks_them_dispatched_in_one_transaction(
     relay_app: Flask, redis_url: str
 ) -> None:
     """At a light load every commit wakes the relay for its message alone, so a pass's
-    work is the relay's cost per message: one statement claims the oldest due
-    messages and writes their lease, one marks them dispatched once their jobs are in
-    Redis, both on one connection from the pool."""
+    work is the relay's cost per message: one transaction claims the oldest due
+    messages, writes their lease and marks them dispatched (one statement on
+    PostgreSQL; SQLite reads the due rows, then updates them), on one connection
+    from the pool; then the jobs go to Redis, with no transaction open."""
     from sqlalchemy import event as sa_event
 
     event_id = _event(relay_app)
@@ -106,6 +109,7 @@ def test_a_pass_claims_the_oldest_in_one_statement_and_marks_them_in_another(
     relay = _relay(relay_app, "relay-o", redis_url, batch_size=2)
     seen: list[str] = []
     checkouts: list[Any] = []
+    commits: list[Any] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if not statement.startswith(("BEGIN", "PRAGMA")):  # SQLite's transaction control
@@ -114,16 +118,26 @@ def test_a_pass_claims_the_oldest_in_one_statement_and_marks_them_in_another(
     def checkout(*args: Any) -> None:
         checkouts.append(args)
 
+    def commit(*args: Any) -> None:
+        commits.append(args)
+
     engine = get_db(relay_app).engine
     sa_event.listen(engine, "before_cursor_execute", count)
     sa_event.listen(engine.pool, "checkout", checkout)
+    sa_event.listen(engine, "commit", commit)
     try:
         assert relay.dispatch_once() == 2
     finally:
         sa_event.remove(engine, "before_cursor_execute", count)
         sa_event.remove(engine.pool, "checkout", checkout)
-    assert [s.split()[0] for s in seen] == ["UPDATE", "UPDATE"], seen
+        sa_event.remove(engine, "commit", commit)
+    postgresql = engine.dialect.name == "postgresql"
+    assert [s.split()[0] for s in seen] == (["UPDATE"] if postgresql else ["SELECT", "UPDATE"])
+    assert len(commits) == 1
     assert len(checkouts) == 1
+    for row in _rows(relay_app):
+        dispatched = row["Id"] in {oldest[0]["Id"], oldest[1]["Id"]}
+        assert (row["DispatchedAt"] is not None) == dispatched
     leased = {r["Id"] for r in _rows(relay_app) if r["LockedBy"] == "relay-o"}
     assert leased == {oldest[0]["Id"], oldest[1]["Id"]}
     assert {j.id for j in _jobs(relay)} == {str(oldest[0]["Id"]), str(oldest[1]["Id"])}
@@ -244,10 +258,9 @@ def test_redeliveries_get_a_job_each(relay_app: Flask, redis_url: str) -> None:
 def test_a_failed_message_is_a_job_of_its_own_even_if_never_marked_dispatched(
     relay_app: Flask, redis_url: str
 ) -> None:
-    """A worker may take a message before the relay's mark commits, so a message
-    that failed may have no ``DispatchedAt``: its failure count alone keeps it out
-    of shared jobs (a message that kills its worker must not take others along).
-    A dead letter an operator replayed (failures reset) goes out alone too."""
+    """A message's failure count alone keeps it out of shared jobs, whatever its
+    ``DispatchedAt`` says (a message that kills its worker must not take others
+    along). A dead letter an operator replayed (failures reset) goes out alone too."""
     event_id = _event(relay_app)
     _register(relay_app, event_id, 6)
     ids = [r["Id"] for r in _rows(relay_app)]
@@ -279,6 +292,26 @@ def test_redis_down_leaves_the_messages_pending(relay_app: Flask) -> None:
     assert [(r["LockedBy"], r["DispatchedAt"], r["ProcessedAt"]) for r in rows] == [
         (None, None, None)
     ] * 2
+
+
+def test_a_batch_whose_relay_died_after_the_claim_goes_out_when_the_lease_ends(
+    relay_app: Flask, redis_url: str
+) -> None:
+    """The claim marks its batch dispatched before the jobs go to Redis: a relay that
+    dies in between leaves messages marked but not enqueued. Their lease runs out, and
+    the next pass sends them as redeliveries, each in a job of its own."""
+    event_id = _event(relay_app)
+    _register(relay_app, event_id, 3)
+    db = get_db(relay_app)
+    with db.write_sessions() as session, session.begin():  # the relay that dies
+        claimed = outbox_relay.claim(session, utcnow(), "relay-dead", 100, 0.2)
+    assert len(claimed) == 3
+    relay = _relay(relay_app, "relay-t", redis_url, parallel_jobs=1)
+    assert relay.dispatch_once() == 0  # leased to the dead relay
+    time.sleep(0.3)
+    assert relay.dispatch_once() == 3
+    assert sorted(j.args[0] for j in _jobs(relay)) == sorted([str(c.id)] for c in claimed)
+    assert {r["LockedBy"] for r in _rows(relay_app)} == {"relay-t"}
 
 
 @pytest.mark.postgres

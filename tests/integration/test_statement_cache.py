@@ -54,10 +54,7 @@ def _life_of_registrations(app: Flask, round_no: int) -> None:
     )
     registration_service.cancel(db.unit_of_work, first.registration_id)
     with db.write_sessions() as session, session.begin():
-        claimed = outbox_relay.claim(session, utcnow(), "relay-test", 100, 30.0)
-    with db.write_sessions() as session, session.begin():
-        ids = [c.id for c in claimed]
-        outbox_relay.mark_dispatched(session, ids, "relay-test", utcnow(), 30.0)
+        ids = [c.id for c in outbox_relay.claim(session, utcnow(), "relay-test", 100, 30.0)]
     outcomes = Deliverer(db, make_mailer(app.config), app.config, "test-worker").process_many(ids)
     assert {o.status for o in outcomes} == {"processed"}
 

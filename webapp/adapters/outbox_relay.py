@@ -71,67 +71,110 @@ def due_clause(now: datetime | BindParameter[Any]) -> Any:
 def claim(
     session: Session, now: datetime, relay: str, limit: int, lease_seconds: float
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due messages, oldest first, to ``relay``: one statement
-    picks them and writes the lease.
+    """Lease up to ``limit`` due messages, oldest first, to ``relay``, and mark them
+    dispatched at ``now``: the relay enqueues them right after this transaction
+    commits, and if it cannot, :func:`release` takes the lease and the mark back. So
+    a pass needs no second transaction to mark what it enqueued. Each
+    :class:`Claimed` carries the ``DispatchedAt`` the message had before (``None``:
+    a first dispatch).
 
-    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets several relays claim disjoint
-    batches; the lease (``LockedUntil``) hides the rows from the others until it
-    expires, so a relay that dies after claiming only delays its batch. SQLite:
-    the write transaction (``BEGIN IMMEDIATE``) serializes claimers.
+    PostgreSQL: one statement; ``FOR UPDATE SKIP LOCKED`` lets several relays claim
+    disjoint batches, and the lease (``LockedUntil``) hides the rows from the others
+    until it expires, so a relay that dies after claiming only delays its batch (its
+    messages then come back as redeliveries, each a job of its own). SQLite (whose
+    ``RETURNING`` cannot name another table): the due rows are read, then updated, in
+    the write transaction (``BEGIN IMMEDIATE``), which serializes claimers.
     Call inside a transaction and commit right after.
     """
-    stmt = _claim_stmt(_is_postgresql(session))
     until = now + timedelta(seconds=lease_seconds)
-    params = {"now": now, "limit": limit, "until": until, "relay": relay}
-    rows = [Claimed(*row) for row in session.execute(stmt, params)]
-    return sorted(rows, key=lambda c: c.created_at)  # RETURNING keeps no order
+    params = {"now": now, "limit": limit, "until": until, "relay": relay, "dispatched": now}
+    if _is_postgresql(session):
+        rows = [Claimed(*row) for row in session.execute(_claim_stmt(), params)]
+        return sorted(rows, key=lambda c: c.created_at)  # RETURNING keeps no order
+    rows = [Claimed(*row) for row in session.execute(_due_stmt(False), params)]
+    if rows:
+        params["ids"] = [c.id for c in rows]
+        session.execute(_lease_stmt(), params)
+    return rows
+
+
+@cache
+def _due_stmt(postgresql: bool) -> Any:
+    """The due messages a claim takes, oldest first, as :class:`Claimed` rows."""
+    due = (
+        select(
+            o.Id, o.Type, o.CreatedAt, o.TraceContext, o.DispatchedAt, o.RetryCount, o.ReplayCount
+        )
+        .where(due_clause(bindparam("now")))
+        .order_by(o.CreatedAt)
+        .limit(bindparam("limit"))
+    )
+    return due.with_for_update(skip_locked=True) if postgresql else due
 
 
 def _is_postgresql(session: Session) -> bool:
     return bool(session.get_bind().dialect.name == "postgresql")
 
 
+_LEASE = {
+    "LockedUntil": bindparam("until"),
+    "LockedBy": bindparam("relay"),
+    "DispatchedAt": bindparam("dispatched", type_=o.DispatchedAt.type),
+}
+
+
 @cache
-def _claim_stmt(postgresql: bool) -> Executable:
-    due = (
-        select(o.Id)
-        .where(due_clause(bindparam("now")))
-        .order_by(o.CreatedAt)
-        .limit(bindparam("limit"))
-    )
-    if postgresql:
-        due = due.with_for_update(skip_locked=True)
+def _claim_stmt() -> Executable:
+    """PostgreSQL: ``UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``, the
+    previous ``DispatchedAt`` from the subquery."""
+    due = _due_stmt(True).subquery("due")
     return (
         update(outbox_messages)
-        .where(o.Id.in_(due.scalar_subquery()))
-        .values(LockedUntil=bindparam("until"), LockedBy=bindparam("relay"))
+        .where(o.Id == due.c.Id)
+        .values(_LEASE)
         .returning(
-            o.Id, o.Type, o.CreatedAt, o.TraceContext, o.DispatchedAt, o.RetryCount, o.ReplayCount
+            o.Id,
+            o.Type,
+            o.CreatedAt,
+            o.TraceContext,
+            due.c.DispatchedAt,
+            o.RetryCount,
+            o.ReplayCount,
         )
     )
-
-
-def mark_dispatched(
-    session: Session, ids: Sequence[uuid.UUID], relay: str, now: datetime, lease_seconds: float
-) -> None:
-    """The jobs are in Redis: keep the lease (the visibility timeout of the job)."""
-    if ids:
-        until = now + timedelta(seconds=lease_seconds)
-        params = {"ids": list(ids), "relay": relay, "now": now, "until": until}
-        session.execute(_mark_dispatched_stmt(_is_postgresql(session)), params)
 
 
 @cache
-def _mark_dispatched_stmt(postgresql: bool) -> Executable:
-    return (
-        update(outbox_messages)
-        .where(
-            _id_among(postgresql),
-            o.LockedBy == bindparam("relay"),
-            o.ProcessedAt.is_(None),
+def _lease_stmt() -> Executable:
+    return update(outbox_messages).where(o.Id.in_(bindparam("ids", expanding=True))).values(_LEASE)
+
+
+def extend_lease(session: Session, ids: Sequence[uuid.UUID], relay: str, until: datetime) -> None:
+    """Messages whose job still waits in the queue: keep them leased until ``until``."""
+    if ids:
+        session.execute(
+            update(outbox_messages)
+            .where(o.Id.in_(list(ids)), o.LockedBy == relay)
+            .values(LockedUntil=until)
         )
-        .values(DispatchedAt=bindparam("now"), LockedUntil=bindparam("until"))
-    )
+
+
+def release(session: Session, claimed: Sequence[Claimed], relay: str) -> None:
+    """Give the rows back (enqueueing failed): due again at the next pass, and a
+    message never dispatched before is again a first dispatch."""
+    for first, ids in (
+        (True, [c.id for c in claimed if c.dispatched_at is None]),
+        (False, [c.id for c in claimed if c.dispatched_at is not None]),
+    ):
+        if ids:
+            values: dict[str, Any] = {"LockedUntil": None, "LockedBy": None}
+            if first:
+                values["DispatchedAt"] = None
+            session.execute(
+                update(outbox_messages)
+                .where(o.Id.in_(ids), o.LockedBy == relay, o.ProcessedAt.is_(None))
+                .values(values)
+            )
 
 
 def _id_among(postgresql: bool) -> Any:
@@ -141,25 +184,6 @@ def _id_among(postgresql: bool) -> Any:
     if postgresql:
         return o.Id == any_(bindparam("ids", type_=postgresql_array(o.Id.type)))
     return o.Id.in_(bindparam("ids", expanding=True))
-
-
-def extend_lease(session: Session, ids: Sequence[uuid.UUID], relay: str, until: datetime) -> None:
-    if ids:
-        session.execute(
-            update(outbox_messages)
-            .where(o.Id.in_(list(ids)), o.LockedBy == relay)
-            .values(LockedUntil=until)
-        )
-
-
-def release(session: Session, ids: Sequence[uuid.UUID], relay: str) -> None:
-    """Give the rows back (enqueueing failed): due again at the next pass."""
-    if ids:
-        session.execute(
-            update(outbox_messages)
-            .where(o.Id.in_(list(ids)), o.LockedBy == relay, o.ProcessedAt.is_(None))
-            .values(LockedUntil=None, LockedBy=None)
-        )
 
 
 def lock(session: Session, message_id: uuid.UUID) -> dict[str, Any] | None:
