@@ -219,6 +219,34 @@ def pg_counters(conn: psycopg.Connection[Any], statements: bool) -> dict[str, fl
 
 
 # -- the run ------------------------------------------------------------------------------
+def job_enqueue_times(redis_url: str | None = None) -> dict[Any, datetime]:
+    """When each outbox message's first finished job went into Redis (RQ's
+    ``enqueued_at``), from the outbox queue's finished jobs (kept for the relay's
+    ``RESULT_TTL``), by message id; the benchmark's queue database by default."""
+    from uuid import UUID
+
+    from rq.job import Job
+    from rq.registry import FinishedJobRegistry
+    from rq.serializers import JSONSerializer
+
+    from workers import OUTBOX_QUEUE, job_message_ids
+
+    connection = redis.Redis.from_url(redis_url or f"{REDIS_BASE}/{REDIS_DB}")
+    registry = FinishedJobRegistry(OUTBOX_QUEUE, connection=connection, serializer=JSONSerializer)
+    ids = registry.get_job_ids()
+    times: dict[Any, datetime] = {}
+    for start in range(0, len(ids), 500):
+        for job in Job.fetch_many(ids[start : start + 500], connection, JSONSerializer):
+            if job is None or job.enqueued_at is None:
+                continue
+            at = job.enqueued_at.replace(tzinfo=UTC)
+            for message_id in job_message_ids(job):
+                key = UUID(message_id)
+                times[key] = min(at, times.get(key, at))
+    connection.close()
+    return times
+
+
 def app_env(
     database_url: str,
     mailbox: Path,
@@ -531,6 +559,17 @@ class Bench:
             'AND "DispatchedAt" IS NOT NULL',
             (since,),
         ).fetchall()
+        handled = self.conn.execute(
+            'SELECT "Id", "CreatedAt", "ProcessedAt" FROM "OutboxMessages" '
+            'WHERE "CreatedAt" >= %s AND "ProcessedAt" IS NOT NULL',
+            (since,),
+        ).fetchall()
+        enqueued = job_enqueue_times()
+        queued = [
+            ((enqueued[i] - created).total_seconds(), (processed - enqueued[i]).total_seconds())
+            for i, created, processed in handled
+            if i in enqueued
+        ]
         by_type: dict[str, list[float]] = {}
         for kind, seconds in rows:
             by_type.setdefault(kind, []).append(float(seconds))
@@ -548,9 +587,14 @@ class Bench:
             #: to each handler's inbox row, written when the handler starts (it commits
             #: with the handler's writes), or at its end for a handler with checkpoints
             "commit_to_inbox_row_ms": summarize(float(r[0]) for r in inbox),
-            #: relay share (commit -> enqueued) and worker share (enqueued -> done)
+            #: the relay's claim marks a message dispatched (DispatchedAt), just before
+            #: its job goes to Redis: commit -> claimed, and claimed -> done
             "commit_to_dispatch_ms": summarize(float(a) for a, _ in split),
             "dispatch_to_done_ms": summarize(float(b) for _, b in split),
+            #: relay share (commit -> job in Redis, RQ's ``enqueued_at`` of the message's
+            #: first job) and worker share (job in Redis -> done)
+            "commit_to_enqueued_ms": summarize(a for a, _ in queued),
+            "enqueued_to_done_ms": summarize(b for _, b in queued),
             "by_type_ms": {k: summarize(v) for k, v in sorted(by_type.items())},
         }
         log(

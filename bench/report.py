@@ -51,6 +51,13 @@ def _posts_per_s(row: dict[str, Any] | None) -> float | None:
     return float(row["ops_per_s"])
 
 
+def _enqueued(background: dict[str, Any]) -> dict[str, Any]:
+    """Commit -> the message's job in Redis: RQ's ``enqueued_at`` (runs before
+    2026-12-01 have only ``DispatchedAt``, which the relay wrote once the job was
+    in Redis; its claim writes it now, before the job goes)."""
+    return background.get("commit_to_enqueued_ms") or background.get("commit_to_dispatch_ms") or {}
+
+
 def _check(
     name: str, measured: float | None, op: str, target: float, unit: str, note: str = ""
 ) -> dict[str, Any]:
@@ -209,7 +216,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append(
             _check(
                 f"Relay: commit -> job enqueued {percentile} (issue 3)",
-                (light.get("commit_to_dispatch_ms") or {}).get(percentile),
+                _enqueued(light).get(percentile),
                 "<=",
                 limit,
                 "ms",
@@ -584,7 +591,7 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
         if not bg:
             continue
         c = bg.get("commit_to_done_ms") or {}
-        d = bg.get("commit_to_dispatch_ms") or {}
+        d = _enqueued(bg)
         out += [
             f"Paced registrations at a target of {bg.get('target_rate_per_s')}/s "
             f"(achieved {bg.get('achieved_registrations_per_s')}/s, "
