@@ -294,6 +294,30 @@ def test_redis_down_leaves_the_messages_pending(relay_app: Flask) -> None:
     ] * 2
 
 
+def test_redis_down_gives_first_dispatches_and_redeliveries_back_as_they_were(
+    relay_app: Flask,
+) -> None:
+    """The claim marks the batch dispatched; the release after a failed enqueue takes
+    the mark back from a first dispatch (it may share a job when Redis is back), while
+    a redelivery stays one (a job of its own)."""
+    event_id = _event(relay_app)
+    _register(relay_app, event_id, 2)
+    fresh, redelivered = (r["Id"] for r in _rows(relay_app))
+    with get_db(relay_app).engine.begin() as conn:
+        conn.execute(
+            update(outbox_messages)
+            .where(outbox_messages.c.Id == redelivered)
+            .values(DispatchedAt=datetime.now(UTC) - timedelta(minutes=5))
+        )
+    relay = _relay(relay_app, "relay-t", f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(redis.ConnectionError):
+        relay.dispatch_once()
+    rows = {r["Id"]: r for r in _rows(relay_app)}
+    assert rows[fresh]["DispatchedAt"] is None
+    assert rows[redelivered]["DispatchedAt"] is not None
+    assert {r["LockedBy"] for r in rows.values()} == {None}
+
+
 def test_a_batch_whose_relay_died_after_the_claim_goes_out_when_the_lease_ends(
     relay_app: Flask, redis_url: str
 ) -> None:

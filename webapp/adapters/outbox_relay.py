@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, any_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import and_, any_, bindparam, case, func, insert, null, or_, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY as postgresql_array
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -162,19 +162,18 @@ def extend_lease(session: Session, ids: Sequence[uuid.UUID], relay: str, until: 
 def release(session: Session, claimed: Sequence[Claimed], relay: str) -> None:
     """Give the rows back (enqueueing failed): due again at the next pass, and a
     message never dispatched before is again a first dispatch."""
-    for first, ids in (
-        (True, [c.id for c in claimed if c.dispatched_at is None]),
-        (False, [c.id for c in claimed if c.dispatched_at is not None]),
-    ):
-        if ids:
-            values: dict[str, Any] = {"LockedUntil": None, "LockedBy": None}
-            if first:
-                values["DispatchedAt"] = None
-            session.execute(
-                update(outbox_messages)
-                .where(o.Id.in_(ids), o.LockedBy == relay, o.ProcessedAt.is_(None))
-                .values(values)
-            )
+    if not claimed:
+        return
+    first = [c.id for c in claimed if c.dispatched_at is None]
+    session.execute(
+        update(outbox_messages)
+        .where(o.Id.in_([c.id for c in claimed]), o.LockedBy == relay, o.ProcessedAt.is_(None))
+        .values(
+            LockedUntil=None,
+            LockedBy=None,
+            DispatchedAt=case((o.Id.in_(first), null()), else_=o.DispatchedAt),
+        )
+    )
 
 
 def _id_among(postgresql: bool) -> Any:
