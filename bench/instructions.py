@@ -26,7 +26,8 @@ cached event list (``list``), a cached event page (``detail``) and a registratio
 flow (``flow``: GET the form, POST it, GET the status page after the 303), each
 measured in two processes of N1 and N2 operations. The test client's own work is in
 the count (the same for every commit), gunicorn's is not. Redis databases 12 and 13
-are flushed and used.
+are flushed and used, so one run at a time: a second one started meanwhile stops at
+once with a message (a lock file in the temp directory).
 
 Counts are the measured process only (not PostgreSQL or Redis), and valgrind needs
 ``PYTHONMALLOC=malloc``, which makes allocation-heavy code look dearer than it is.
@@ -36,6 +37,7 @@ Repeated runs agree within about 2 %.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -46,7 +48,7 @@ import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 import redis
@@ -321,6 +323,15 @@ def main(argv: list[str] | None = None) -> int:
         plans = {RELAY: _counts(parser, args.relay)}
     elif not kinds:
         plans = {None: _counts(parser, args.cancellations or args.messages)}
+    lock = _one_run_at_a_time()
+    if lock is None:
+        print(
+            "another `python -m bench.instructions` is running on this machine: runs "
+            f"share Redis databases {WEB_REDIS_DB} and {WEB_CACHE_DB} and empty them, "
+            "so two at once spoil each other's counts; wait for it to finish",
+            file=sys.stderr,
+        )
+        return 2
     name = f"les_instructions_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -359,6 +370,21 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print(json.dumps(result))
     return 0
+
+
+#: held (``flock``) by the running measurement; the lock goes with its process
+LOCK_PATH = Path(tempfile.gettempdir()) / "les-bench-instructions.lock"
+
+
+def _one_run_at_a_time() -> IO[str] | None:
+    """The lock file, locked for this process; None if another run holds it."""
+    handle = LOCK_PATH.open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 def _counts(parser: argparse.ArgumentParser, text: str) -> tuple[int, int]:

@@ -79,3 +79,25 @@ def test_a_relay_pass_of_the_tool_dispatches_one_message(
     assert len(dispatched) == 3 and None not in dispatched
     queue = Queue(OUTBOX_QUEUE, connection=tool_redis, serializer=JSONSerializer)
     assert queue.count == 3
+
+
+def test_a_second_run_at_once_is_refused_before_it_touches_anything(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs share Redis databases 12 and 13 and empty them between measured
+    processes: a second run at once would spoil both counts, so it stops at once."""
+    import fcntl
+
+    monkeypatch.setattr(instructions, "LOCK_PATH", tmp_path / "instructions.lock")
+    monkeypatch.setattr(instructions.shutil, "which", lambda _name: "/usr/bin/valgrind")
+    created: list[str] = []
+    monkeypatch.setattr(instructions.psycopg, "connect", lambda *a, **k: created.append("db"))
+    with (tmp_path / "instructions.lock").open("w") as running:
+        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert instructions.main(["--relay", "50,250"]) == 2
+    assert "another `python -m bench.instructions` is running" in capsys.readouterr().err
+    assert created == []
+    # once the other run is over, the lock is free again
+    handle = instructions._one_run_at_a_time()
+    assert handle is not None
+    handle.close()
