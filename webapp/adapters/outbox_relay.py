@@ -146,7 +146,8 @@ def _claim_stmt() -> Executable:
 
 @cache
 def _lease_stmt() -> Executable:
-    return update(outbox_messages).where(o.Id.in_(bindparam("ids", expanding=True))).values(_LEASE)
+    """SQLite: the lease and the dispatch mark of the due rows just read."""
+    return update(outbox_messages).where(_id_among(False)).values(_LEASE)
 
 
 def extend_lease(session: Session, ids: Sequence[uuid.UUID], relay: str, until: datetime) -> None:
