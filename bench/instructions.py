@@ -191,6 +191,7 @@ def dispatch(database_url: str, count: int) -> None:
     relay = Relay(db, queue, database_url, name="instructions", batch_size=1, parallel_jobs=2)
     for _ in range(count):
         assert relay.dispatch_once() == 1
+    relay.release_connection()
     db.dispose()
 
 

@@ -93,6 +93,8 @@ class Relay:
         self._last_beat = 0.0
         self._last_gauges = 0.0
         self._redis_backoff = 0.0
+        #: the pooled connection kept between passes that find messages
+        self._conn: Any = None
 
     # -- one pass ----------------------------------------------------------------------
     def dispatch_once(self) -> int:
@@ -101,9 +103,32 @@ class Relay:
         transaction and the enqueue; only a failed enqueue (release) or a redelivery
         whose job still waits in the queue (its lease extended) takes a second one, on
         the same pooled connection. No transaction stays open while the jobs go to
-        Redis."""
-        with self.db.write_engine.connect() as conn:
-            return self._dispatch_on(conn)
+        Redis.
+
+        Passes that find messages one after another (a light load wakes the relay
+        for every commit) keep one pooled connection: a checkout, with its trace
+        span, cost 15 % of such a pass's instructions. A pass that finds
+        nothing, and any error, give it back to the pool, so an idle relay holds
+        none, and a connection that idled is pinged on its next checkout."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self.db.write_engine.connect()
+        try:
+            claimed = self._dispatch_on(conn)
+        except BaseException:
+            self.release_connection()
+            raise
+        if not claimed:
+            self.release_connection()
+        return claimed
+
+    def release_connection(self) -> None:
+        """Give the connection kept between passes back to the pool (a broken one is
+        discarded by SQLAlchemy)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.close()
 
     def _dispatch_on(self, conn: Any) -> int:
         now = utcnow()
@@ -315,6 +340,7 @@ class Relay:
         RELAY_WAKEUP.set()
 
     def close(self) -> None:
+        self.release_connection()
         self._close_listen()
         if self._pubsub_thread is not None:
             self._pubsub_thread.stop()

@@ -53,20 +53,33 @@ def _rows(app: Flask) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in conn.execute(select(outbox_messages))]
 
 
+#: the relays of the running test: each keeps a connection between passes that find
+#: messages, given back before the test's database is disposed
+_made: list[Relay] = []
+
+
+def _release_relays() -> None:
+    while _made:
+        _made.pop().release_connection()
+
+
 def _relay(app: Flask, name: str, redis_url: str, **kw: Any) -> Relay:
-    return Relay(
+    relay = Relay(
         get_db(app),
         redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1),
         app.config["DATABASE_URL"],
         name=name,
         **kw,
     )
+    _made.append(relay)
+    return relay
 
 
 @pytest.fixture
 def relay_app(db_url: str, redis_url: str) -> Iterator[Flask]:
     app = make_app(db_url, redis_url)
     yield app
+    _release_relays()
     get_db(app).dispose()
 
 
@@ -142,6 +155,72 @@ def test_a_pass_claims_the_oldest_and_marks_them_dispatched_in_one_transaction(
     assert leased == {oldest[0]["Id"], oldest[1]["Id"]}
     assert {j.id for j in _jobs(relay)} == {str(oldest[0]["Id"]), str(oldest[1]["Id"])}
     assert relay.dispatch_once() == 1  # the youngest, in the next pass
+
+
+def test_passes_that_find_messages_keep_one_connection_and_an_idle_one_gives_it_back(
+    relay_app: Flask, redis_url: str
+) -> None:
+    """A light load wakes the relay for every commit: its passes keep one pooled
+    connection between them instead of a checkout each. A pass that finds nothing,
+    or fails, returns it, so an idle relay holds no connection."""
+    from sqlalchemy import event as sa_event
+
+    event_id = _event(relay_app)
+    pool = get_db(relay_app).engine.pool
+    relay = _relay(relay_app, "relay-k", redis_url)
+    checkouts: list[Any] = []
+
+    def checkout(*args: Any) -> None:
+        checkouts.append(args)
+
+    for n in range(3):
+        _register(relay_app, event_id, 1, prefix=f"kept{n}-")
+        sa_event.listen(pool, "checkout", checkout)  # the relay's own checkouts
+        try:
+            assert relay.dispatch_once() == 1
+        finally:
+            sa_event.remove(pool, "checkout", checkout)
+        assert pool.checkedout() == 1  # kept for the next pass
+    assert len(checkouts) == 1
+    assert relay.dispatch_once() == 0
+    assert pool.checkedout() == 0
+    assert len(_jobs(relay)) == 3
+
+    down = _relay(relay_app, "relay-d", f"redis://127.0.0.1:{free_port()}/0")
+    _register(relay_app, event_id, 1, prefix="down-")
+    with pytest.raises(redis.RedisError):
+        down.dispatch_once()
+    assert pool.checkedout() == 0
+    assert relay.dispatch_once() == 1  # given back by the failed pass, sent now
+
+
+@pytest.mark.postgres
+def test_a_database_restart_between_passes_loses_nothing(postgres_url: str, redis_url: str) -> None:
+    """The connection kept between passes dies (a database restart): the next pass
+    fails and gives it up, the one after gets a fresh connection and sends the
+    message committed meanwhile."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    app = make_app(postgres_url, redis_url)
+    try:
+        event_id = _event(app)
+        relay = _relay(app, "relay-r", redis_url)
+        _register(app, event_id, 1, prefix="before-")
+        assert relay.dispatch_once() == 1
+        pid = relay._conn.connection.dbapi_connection.info.backend_pid
+        with get_db(app).engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        _register(app, event_id, 1, prefix="after-")
+        with pytest.raises(SQLAlchemyError):
+            relay.dispatch_once()
+        assert relay._conn is None
+        assert relay.dispatch_once() == 1
+        assert len(_jobs(relay)) == 2
+        assert all(r["DispatchedAt"] is not None for r in _rows(app))
+    finally:
+        _release_relays()
+        get_db(app).dispose()
 
 
 def test_the_queue_length_is_read_only_to_spread_several_messages(

@@ -107,6 +107,7 @@ def test_one_trace_from_registration_to_mail(
     connection = redis.Redis.from_url(redis_url)
     relay = Relay(get_db(traced_app), connection, postgres_url)
     assert relay.dispatch_once() >= 1
+    relay.release_connection()
 
     # 3. the worker runs the real job function (span outbox.handle <Type>, then mail.send)
     previous: dict[str, Any] = {"app": runtime._app, "deliverer": runtime._deliverer}
@@ -174,7 +175,9 @@ def test_the_worker_traces_its_jobs_but_not_rqs_own_redis_traffic(
     )
     registrations.register(uow, event_id, "Rae Queue", "rae@example.com")
     connection = redis.Redis.from_url(redis_url)
-    assert Relay(get_db(traced_app), connection, postgres_url).dispatch_once() >= 1
+    relay = Relay(get_db(traced_app), connection, postgres_url)
+    assert relay.dispatch_once() >= 1
+    relay.release_connection()
     recorder.exporter.clear()
 
     queue = Queue(OUTBOX_QUEUE, connection=connection, serializer=JSONSerializer)
