@@ -1365,6 +1365,5 @@ def main(argv: list[str] | None = None) -> int:
     analysis = analysis_file.read_text() if analysis_file.exists() else ""
     docs.write_text(report.markdown(results, path.relative_to(ROOT).as_posix(), analysis))
     log(f"wrote {path.relative_to(ROOT)} and docs/PERFORMANCE.md in {results['total_seconds']}s")
-    missed = [t for t in results["targets"] if t["met"] is False]
-    log(f"targets: {len(results['targets']) - len(missed)} met, {len(missed)} missed")
+    log(f"targets: {report.target_tally(results['targets'])}")
     return 0

@@ -268,6 +268,16 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
+def target_tally(targets: list[dict[str, Any]]) -> str:
+    """The run's one-line summary: a target a partial run did not measure (a scenario
+    left out) is neither met nor missed."""
+    met = sum(1 for t in targets if t["met"] is True)
+    missed = sum(1 for t in targets if t["met"] is False)
+    tally = f"{met} met, {missed} missed"
+    unmeasured = len(targets) - met - missed
+    return tally + (f", {unmeasured} not measured" if unmeasured else "")
+
+
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
     """Our figures against the baseline build and the raw pgbench transaction."""
     out: dict[str, Any] = {"vs_baseline": [], "vs_pgbench": {}, "vs_pgbench_one_event": {}}

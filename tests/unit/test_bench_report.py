@@ -117,6 +117,14 @@ def test_targets_are_met_missed_or_not_measured() -> None:
     assert verdicts["Errors, all scenarios"] is True
 
 
+def test_the_runs_summary_line_counts_an_unmeasured_target_as_neither_met_nor_missed() -> None:
+    """A run of one scenario measured one or two targets: its last line must not claim
+    the others met."""
+    targets = [{"met": True}, {"met": False}, {"met": None}, {"met": None}]
+    assert report.target_tally(targets) == "1 met, 1 missed, 2 not measured"
+    assert report.target_tally([{"met": True}, {"met": False}]) == "1 met, 1 missed"
+
+
 def test_markdown_names_the_machine_and_marks_missed_targets() -> None:
     results = {
         **_run_header(),
