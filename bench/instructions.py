@@ -171,10 +171,14 @@ def handle(database_url: str, start: int, count: int, job_size: int = JOB_SIZE) 
     with db.engine.connect() as conn:
         ids = [r[0] for r in conn.execute(select(o.Id).order_by(o.CreatedAt, o.Id))]
     ids = ids[start : start + count]
-    deliverer = Deliverer(db, make_mailer(app.config), app.config, "instructions")
+    # as a worker process runs them: its jobs' connection kept from one to the next
+    deliverer = Deliverer(
+        db, make_mailer(app.config), app.config, "instructions", keep_connection=True
+    )
     for k in range(0, len(ids), job_size):
         outcomes = deliverer.process_many(ids[k : k + job_size])
         assert {x.status for x in outcomes} == {"processed"}, outcomes
+    deliverer.release_connection()
     db.dispose()
     shutil.rmtree(mailbox, ignore_errors=True)
 

@@ -17,6 +17,10 @@ EXTRA_HANDLERS_ENV = "LES_EXTRA_HANDLER_MODULES"
 
 _app: Flask | None = None
 _deliverer: Deliverer | None = None
+#: an ``OutboxWorker`` is working in this process, running its jobs itself: the
+#: deliverer keeps a job's database connection for the next job (a forked work
+#: horse's job is its last)
+keep_job_connections = False
 
 
 def get_app(config: dict[str, Any] | None = None) -> Flask:
@@ -50,7 +54,14 @@ def get_deliverer() -> Deliverer:
         mailer.preload()
         _deliverer = Deliverer(get_db(app), mailer, app.config)
     _deliverer.worker_name = worker_name()
+    _deliverer.keep_connection = keep_job_connections
     return _deliverer
+
+
+def release_job_connection() -> None:
+    """The worker stops: the connection kept between its jobs goes back to the pool."""
+    if _deliverer is not None:
+        _deliverer.release_connection()
 
 
 def worker_name() -> str:

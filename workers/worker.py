@@ -134,6 +134,16 @@ class OutboxWorker(_RqTrafficUntraced, _RqBookkeepingOnce, SimpleWorker):
         super().__init__(*args, **kwargs)
         runtime.after_fork()  # forked from the pool: open our own connections
 
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        """While it works, the jobs' database connection is kept from one job to the
+        next (:meth:`webapp.services.delivery.Deliverer._one_connection`)."""
+        runtime.keep_job_connections = True
+        try:
+            return bool(super().work(*args, **kwargs))
+        finally:
+            runtime.keep_job_connections = False
+            runtime.release_job_connection()
+
 
 class ForkingOutboxWorker(_RqTrafficUntraced, _RqBookkeepingOnce, Worker):
     """``--fork-per-job``: a fresh work horse per job (memory leaks and crashes of a

@@ -755,6 +755,78 @@ def test_a_connection_broken_in_the_middle_of_a_job_is_replaced(
         get_db(app).dispose()
 
 
+def test_a_worker_keeps_its_connection_from_one_job_to_the_next(
+    db_url: str, redis_url: str, smtp: SmtpSink
+) -> None:
+    """A worker's one-message jobs at a light load share one pooled connection, not
+    a checkout each; the web's inline handlers (no keep) give theirs back after each
+    job, and so does a worker when it stops."""
+    app = make_app(db_url, redis_url, **smtp.config())
+    try:
+        event_id = new_event(app, capacity=50)
+        for i in range(3):
+            register(app, event_id, f"kept{i}")
+        ids = [r["Id"] for r in outbox(app)]
+        pool = get_db(app).engine.pool
+        checkouts: list[Any] = []
+
+        def checkout(*args: Any) -> None:
+            checkouts.append(args)
+
+        worker = Deliverer(
+            get_db(app), make_mailer(app.config), app.config, "keeper", keep_connection=True
+        )
+        sa_event.listen(pool, "checkout", checkout)
+        try:
+            for mid in ids:
+                assert worker.process(mid).status == "processed"
+                assert pool.checkedout() == 1
+        finally:
+            sa_event.remove(pool, "checkout", checkout)
+        assert len(checkouts) == 1
+        worker.release_connection()
+        assert pool.checkedout() == 0
+
+        register(app, event_id, "inline")
+        [fresh] = [r["Id"] for r in outbox(app) if r["Id"] not in ids]
+        assert deliverer(app).process(fresh).status == "processed"
+        assert pool.checkedout() == 0
+    finally:
+        get_db(app).dispose()
+
+
+@pytest.mark.postgres
+def test_a_database_restart_while_a_worker_waits_costs_no_job(
+    postgres_url: str, redis_url: str, smtp: SmtpSink
+) -> None:
+    """The connection a worker kept dies while it waits for its next job (a database
+    restart): after the idle spell the job gives it back to the pool, whose ping on
+    checkout finds it dead and opens a new one. The job succeeds; nothing waits for
+    a lease to run out."""
+    from sqlalchemy import text
+
+    app = make_app(postgres_url, redis_url, DB_POOL_PING_IDLE_SECONDS=0.2, **smtp.config())
+    try:
+        event_id = new_event(app, capacity=50)
+        for who in ("early", "late"):
+            register(app, event_id, who)
+        first, second = (r["Id"] for r in outbox(app))
+        worker = Deliverer(
+            get_db(app), make_mailer(app.config), app.config, "waiter", keep_connection=True
+        )
+        assert worker.process(first).status == "processed"
+        pid = worker._job.conn.connection.dbapi_connection.info.backend_pid
+        with get_db(app).engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        time.sleep(0.3)
+        assert worker.process(second).status == "processed"
+        assert len(attempts(app, second)) == 1  # no failed attempt before it
+        assert len(smtp.to("late@example.test")) == 1
+        worker.release_connection()
+    finally:
+        get_db(app).dispose()
+
+
 def test_failing_mail_is_retried_with_backoff_then_dead_lettered(
     mail_app: Flask, smtp: SmtpSink
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -49,6 +49,23 @@ def make_engine(url: str, settings: dict[str, Any] | None = None) -> Engine:
     return engine
 
 
+#: the pool record's ``time.monotonic()`` of a connection's checkin: idle since then
+_IDLE_SINCE = "les_idle_since"
+#: set by :func:`return_idle`: the connection's idle spell began before its checkin
+_USED_UNTIL = "les_used_until"
+
+
+def return_idle(conn: Connection, used_until: float) -> None:
+    """Give ``conn`` back to the pool as idle since ``used_until`` (``time.monotonic()``),
+    not since now: a connection a process kept for itself past an idle spell is then
+    pinged on its next checkout, as any pooled connection idle that long (on
+    PostgreSQL; see :func:`_ping_idle_connections`)."""
+    try:
+        conn.info[_USED_UNTIL] = used_until
+    finally:
+        conn.close()
+
+
 def _ping_idle_connections(engine: Engine, idle_seconds: float) -> None:
     """Pessimistic disconnect handling where it matters: a pooled connection that sat
     idle longer than ``idle_seconds`` (a database restart or failover may have killed
@@ -58,11 +75,12 @@ def _ping_idle_connections(engine: Engine, idle_seconds: float) -> None:
 
     @event.listens_for(engine, "checkin")
     def _on_checkin(dbapi_connection: Any, record: Any) -> None:
-        record.info["les_idle_since"] = time.monotonic()
+        used_until = record.info.pop(_USED_UNTIL, None)
+        record.info[_IDLE_SINCE] = time.monotonic() if used_until is None else used_until
 
     @event.listens_for(engine, "checkout")
     def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        idle_since = record.info.get("les_idle_since")
+        idle_since = record.info.get(_IDLE_SINCE)
         if idle_since is None or time.monotonic() - idle_since < idle_seconds:
             return
         try:
