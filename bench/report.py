@@ -164,7 +164,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     checks.append(
         _check(
-            "Cache hit rate in the read-heavy mix (lowest concurrency run)",
+            "Cache hit rate in the read-heavy mix (the lowest of its runs)",
             round(min(mix_rates) * 100, 2) if mix_rates else None,
             ">=",
             95,

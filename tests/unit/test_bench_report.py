@@ -117,6 +117,20 @@ def test_targets_are_met_missed_or_not_measured() -> None:
     assert verdicts["Errors, all scenarios"] is True
 
 
+def test_the_cache_hit_rate_row_is_the_lowest_of_the_read_mixs_runs() -> None:
+    """Its label says which run it is: the lowest rate of the mix at any concurrency,
+    not the one-client run's."""
+    rows = []
+    for clients, rate in ((1, 0.992), (8, 0.94), (32, 0.99)):
+        row = _row("read_mix", clients, 200.0, 1.0, 2.0)
+        row["cache"] = {"hit_rate": rate}
+        rows.append(row)
+    results = {"settings": {"concurrencies": [1, 8, 32]}, "scenarios": rows}
+    [row] = [t for t in report.evaluate_targets(results) if t["target"].startswith("Cache hit")]
+    assert row["target"] == "Cache hit rate in the read-heavy mix (the lowest of its runs)"
+    assert row["measured"] == 94.0 and row["met"] is False
+
+
 def test_the_runs_summary_line_counts_an_unmeasured_target_as_neither_met_nor_missed() -> None:
     """A run of one scenario measured one or two targets: its last line must not claim
     the others met."""
