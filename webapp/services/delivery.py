@@ -251,16 +251,14 @@ class Deliverer:
             conn = None
         if conn is None:
             conn = job.conn = self.db.write_engine.connect()
-        job.active = True
+        job.active, failed = True, True
         try:
             yield
-        except BaseException:
-            self.release_connection()
-            raise
+            failed = False
         finally:
             job.active = False
             job.used_until = time.monotonic()
-            if not self.keep_connection:
+            if failed or not self.keep_connection:
                 self.release_connection()
 
     def release_connection(self) -> None:
