@@ -34,6 +34,9 @@ from webapp.adapters.tables import metadata
 CI = os.environ.get("CI", "").lower() == "true"
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# the tests' apps record every span (the production default, at most TRACES_PER_SECOND
+# new traces a second, is tested in test_trace_sampling on providers of its own)
+os.environ.setdefault("OTEL_TRACES_SAMPLER", "parentbased_always_on")
 
 
 def service_missing(what: str, error: BaseException) -> None:

@@ -73,19 +73,17 @@ def _ancestors(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> list[str]:
     return names
 
 
-def test_one_trace_from_registration_to_mail(
-    traced_app: Flask, recorder: Recorder, redis_url: str, postgres_url: str, tmp_path: Path
-) -> None:
-    from webapp.services.events import EventDetails, create_event
+def _register_then_deliver(
+    traced_app: Flask,
+    event_id: int,
+    redis_url: str,
+    postgres_url: str,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    """Register through the app (its POST with ``headers``), then run the real relay
+    pass and the worker's job for its messages; returns the POST's response."""
     from workers import OUTBOX_QUEUE, runtime
     from workers.relay import Relay
-
-    event_id = create_event(
-        get_db(traced_app).unit_of_work,
-        EventDetails("Traced talk", "d", "Room 9", datetime.now(UTC) + timedelta(days=3), True),
-        5,
-    )
-    recorder.exporter.clear()
 
     # 1. the registration request (Flask + SQLAlchemy instrumentation)
     client = traced_app.test_client()
@@ -94,6 +92,7 @@ def test_one_trace_from_registration_to_mail(
     assert token
     response = client.post(
         f"/events/{event_id}/register",
+        headers=headers or {},
         data={
             "csrf_token": csrf_token_from(html),
             "idempotency_token": token.group(1),
@@ -118,6 +117,22 @@ def test_one_trace_from_registration_to_mail(
         worker.work(burst=True)
     finally:
         runtime._app, runtime._deliverer = previous["app"], previous["deliverer"]
+    return response
+
+
+def test_one_trace_from_registration_to_mail(
+    traced_app: Flask, recorder: Recorder, redis_url: str, postgres_url: str, tmp_path: Path
+) -> None:
+    from webapp.services.events import EventDetails, create_event
+
+    event_id = create_event(
+        get_db(traced_app).unit_of_work,
+        EventDetails("Traced talk", "d", "Room 9", datetime.now(UTC) + timedelta(days=3), True),
+        5,
+    )
+    recorder.exporter.clear()
+
+    response = _register_then_deliver(traced_app, event_id, redis_url, postgres_url)
     assert list((tmp_path / "mailbox").glob("*.eml")), "the confirmation mail was written"
 
     spans = recorder.exporter.get_finished_spans()
@@ -156,6 +171,40 @@ def test_one_trace_from_registration_to_mail(
     # no personal data in span attributes
     for span in in_trace:
         assert "tracy@example.com" not in str(dict(span.attributes or {}))
+
+
+def test_a_request_not_sampled_leaves_no_span_in_the_relay_or_the_worker(
+    traced_app: Flask, recorder: Recorder, redis_url: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """A trace is recorded whole or not at all: the decision travels with the trace
+    context stored in the outbox, so the relay and the worker record nothing for a
+    request that was not sampled (here: a caller's ``traceparent`` saying so), and
+    the mail still goes out with the request's id."""
+    from webapp.services.events import EventDetails, create_event
+
+    event_id = create_event(
+        get_db(traced_app).unit_of_work,
+        EventDetails("Quiet talk", "d", "Room 4", datetime.now(UTC) + timedelta(days=3), True),
+        5,
+    )
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    recorder.exporter.clear()
+
+    response = _register_then_deliver(
+        traced_app,
+        event_id,
+        redis_url,
+        postgres_url,
+        headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-00"},
+    )
+
+    assert list((tmp_path / "mailbox").glob("*.eml")), "the confirmation mail was written"
+    assert response.headers["X-Request-ID"] == trace_id  # logs can still be joined
+    spans = recorder.exporter.get_finished_spans()
+    assert any(s.name == "GET /events/<int:event_id>" for s in spans), "the GET was sampled"
+    in_trace = sorted(s.name for s in spans if format(s.context.trace_id, "032x") == trace_id)
+    assert in_trace == [], in_trace
+    assert not any(s.name.startswith(("outbox.", "mail.")) for s in spans), [s.name for s in spans]
 
 
 def test_the_worker_traces_its_jobs_but_not_rqs_own_redis_traffic(

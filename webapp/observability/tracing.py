@@ -5,7 +5,9 @@ Exporters follow the standard variables: ``OTEL_TRACES_EXPORTER`` (``otlp``,
 ``console``, ``none``; default ``otlp`` in production, ``none`` elsewhere),
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``,
 ``OTEL_SERVICE_NAME``, ``OTEL_TRACES_SAMPLER``, ``OTEL_SDK_DISABLED``. Without an
-exporter spans are still created, so log lines carry a trace id.
+exporter spans are still created, so log lines carry a trace id. Which traces are
+recorded: ``webapp.observability.sampling`` (at most ``TRACES_PER_SECOND`` new ones a
+second per process, each whole or not at all, unless ``OTEL_TRACES_SAMPLER`` is set).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SpanExporter,
 )
+
+from webapp.observability.sampling import sampler_from_environment
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +129,17 @@ def configure_tracing(
     deferred to after the fork (gunicorn master with ``preload_app``).
     """
     deferred = _state["deferred"] or os.environ.get("LES_DEFER_TRACER_PROVIDER") == "1"
-    if not tracing_enabled() or (deferred and not force):
+    if not tracing_enabled():
+        return None
+    # built first: a bad TRACES_PER_SECOND stops the start, in gunicorn's master too
+    sampler = sampler_from_environment(os.environ)
+    if deferred and not force:
         return None
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         return current  # this process has one (tests install their own)
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
-    provider = TracerProvider(resource=Resource.create(attributes))
+    provider = TracerProvider(sampler=sampler, resource=Resource.create(attributes))
     for exporter in build_exporters(environment) if exporters is None else exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)

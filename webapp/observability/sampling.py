@@ -1,0 +1,127 @@
+"""Which traces are recorded: at most ``TRACES_PER_SECOND`` new ones a second per
+process, each recorded whole or not at all.
+
+A span whose parent was recorded is recorded, and one whose parent was not is not
+(OpenTelemetry's parent-based sampler), so the relay's dispatch, the worker's handler
+and the mail follow the decision the request made: the trace context stored with an
+outbox message carries it. Only a span with no parent (a request without a
+``traceparent`` header, a relay pass of its own) draws from the process's budget, a
+token bucket refilled at ``TRACES_PER_SECOND``: at a light load every request is
+traced, under load the cost of recording and exporting spans stays bounded (a span
+not recorded costs little; measured in ``bench/ANALYSIS.md``).
+
+``OTEL_TRACES_SAMPLER``, when set, replaces this with one of OpenTelemetry's own
+samplers (``parentbased_always_on`` records everything), with
+``OTEL_TRACES_SAMPLER_ARG``. A trace not recorded still has its trace id: log lines
+and ``X-Request-ID`` carry it either way.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
+from opentelemetry.trace import Link, SpanKind, get_current_span
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
+
+#: new traces a second per process when ``TRACES_PER_SECOND`` is not set
+DEFAULT_TRACES_PER_SECOND = 5.0
+
+
+class RateLimitingSampler(Sampler):
+    """Samples at most ``per_second`` spans a second, with bursts of up to
+    ``max(per_second, 1)``: a token bucket, safe across a process's threads. Meant as
+    the root of a :class:`ParentBased` sampler (:func:`rate_limited`), where it
+    decides for spans with no parent only."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not per_second > 0:
+            raise ValueError(f"traces per second must be above 0, got {per_second!r}")
+        self.per_second = float(per_second)
+        self._capacity = max(self.per_second, 1.0)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tokens = self._capacity
+        self._refilled_at = clock()
+        # a child forked while another thread held the lock (an RQ work horse) would
+        # wait on it forever: the child gets a lock of its own
+        after_fork = weakref.WeakMethod(self._after_fork)
+
+        def in_child() -> None:
+            method = after_fork()
+            if method is not None:
+                method()
+
+        os.register_at_fork(after_in_child=in_child)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        with self._lock:
+            now = self._clock()
+            elapsed = max(now - self._refilled_at, 0.0)
+            self._tokens = min(self._capacity, self._tokens + elapsed * self.per_second)
+            self._refilled_at = now
+            sampled = self._tokens >= 1.0
+            if sampled:
+                self._tokens -= 1.0
+        decision = Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP
+        parent = get_current_span(parent_context).get_span_context()
+        trace_state = parent.trace_state if parent is not None and parent.is_valid else None
+        return SamplingResult(decision, attributes if sampled else None, trace_state)
+
+    def get_description(self) -> str:
+        return f"RateLimitingSampler{{{self.per_second:g}/s}}"
+
+
+def rate_limited(per_second: float, clock: Callable[[], float] = time.monotonic) -> Sampler:
+    """Parent-based: a span follows its parent's decision; a root span is sampled
+    while the process's budget of ``per_second`` new traces a second lasts."""
+    return ParentBased(RateLimitingSampler(per_second, clock))
+
+
+def parse_traces_per_second(value: str | None) -> float:
+    """``TRACES_PER_SECOND``: a number above 0 (default 5). Anything else is a
+    configuration error, reported at start-up with the value."""
+    if value is None or not value.strip():
+        return DEFAULT_TRACES_PER_SECOND
+    try:
+        per_second = float(value)
+    except ValueError:
+        per_second = float("nan")
+    if not per_second > 0 or per_second == float("inf"):
+        raise ValueError(
+            f"TRACES_PER_SECOND must be a number above 0 (new traces a second per "
+            f"process), got {value!r}"
+        )
+    return per_second
+
+
+def sampler_from_environment(environ: Mapping[str, str]) -> Sampler | None:
+    """The sampler this process's tracer provider gets: None when
+    ``OTEL_TRACES_SAMPLER`` is set (the SDK then builds the one it names), else
+    :func:`rate_limited` at ``TRACES_PER_SECOND``."""
+    if environ.get("OTEL_TRACES_SAMPLER", "").strip():
+        return None
+    return rate_limited(parse_traces_per_second(environ.get("TRACES_PER_SECOND")))
