@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -273,10 +274,26 @@ def app_env(
         "RATELIMIT_LOGIN": "10000000 per minute",
         "CACHE_ENABLED": "false" if baseline else "true",
         "OUTBOX_SYNC_HANDLERS": "true" if baseline else "false",
-        # tracing on as in production (spans for Flask, SQLAlchemy, Redis), but no
-        # collector runs here: spans are created and dropped instead of exported
+        # tracing on as in production (spans for Flask, SQLAlchemy, Redis; the sampler
+        # of the environment, by default at most TRACES_PER_SECOND new traces a second
+        # per process), but no collector runs here: spans are dropped, not exported
         "OTEL_TRACES_EXPORTER": os.environ.get("BENCH_OTEL_TRACES_EXPORTER", "none"),
     }
+
+
+def tracing_setting(environ: Mapping[str, str]) -> str:
+    """Which traces the benchmark's processes record, for the report."""
+    from webapp.observability.sampling import parse_traces_per_second
+
+    named = environ.get("OTEL_TRACES_SAMPLER", "").strip()
+    if named:
+        argument = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+        return f"OpenTelemetry's `{named}` sampler" + (f" ({argument})" if argument else "")
+    per_second = parse_traces_per_second(environ.get("TRACES_PER_SECOND"))
+    return (
+        f"at most {per_second:g} new traces a second per process, each recorded whole "
+        "(the production default, `TRACES_PER_SECOND`)"
+    )
 
 
 class Bench:
@@ -288,6 +305,7 @@ class Bench:
             "mode": "quick" if options.quick else "full",
             "machine": machine(),
             "settings": {
+                "tracing": tracing_setting(os.environ),
                 "duration_s": options.duration,
                 "warmup_s": options.warmup,
                 "concurrencies": list(options.concurrencies),

@@ -29,6 +29,12 @@ the count (the same for every commit), gunicorn's is not. Redis databases 12 and
 are flushed and used, so one run at a time: a second one started meanwhile stops at
 once with a message (a lock file in the temp directory).
 
+Every trace is recorded (``OTEL_TRACES_SAMPLER=parentbased_always_on``): the
+production default records at most ``TRACES_PER_SECOND`` new traces a second, so
+under valgrind's slowness it would record more of the operations than at full speed,
+and the count would depend on the clock. ``OTEL_TRACES_SAMPLER=always_off`` counts
+the work of a process beyond its budget, where no trace is recorded.
+
 Counts are the measured process only (not PostgreSQL or Redis), and valgrind needs
 ``PYTHONMALLOC=malloc``, which makes allocation-heavy code look dearer than it is.
 Repeated runs agree within about 2 %.
@@ -256,7 +262,12 @@ def counted(
         command += ["--browse", kind, str(start), str(count)]
         for db in (WEB_REDIS_DB, WEB_CACHE_DB):  # each process starts with a cold cache
             redis.Redis.from_url(f"{REDIS_BASE}/{db}").flushdb()
-    env = {**os.environ, "PYTHONMALLOC": "malloc", "LES_INSTRUCTIONS_DB": database_url}
+    env = {
+        **os.environ,
+        "PYTHONMALLOC": "malloc",
+        "LES_INSTRUCTIONS_DB": database_url,
+        "OTEL_TRACES_SAMPLER": os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+    }
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if found is None:

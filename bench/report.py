@@ -487,6 +487,11 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
         f"after {s['warmup_s']} s of warm-up, at {', '.join(map(str, s['concurrencies']))} "
         "concurrent clients.",
         *_connection_lines(results.get("scenarios", [])),
+        *(
+            [f"- Traces: {s['tracing']}; no collector, spans are dropped."]
+            if "tracing" in s
+            else []
+        ),
         "",
         "Run it: `make bench` (full, < 10 minutes) or `make bench-quick` (< 2 minutes: "
         "1 and 32 clients, 1.2 s per run, 10,000 dead letters, a burst of 200 messages). "

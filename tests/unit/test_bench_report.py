@@ -316,3 +316,19 @@ def test_the_registration_target_notes_the_rate_with_its_outbox_work_done() -> N
     behind["outbox_after"] = {"pending_at_end": 0, "drained": True, "drain_s": 0.0}
     notes = {t["target"]: t["note"] for t in report.evaluate_targets(results)}
     assert "outbox" not in notes["Registration (confirmed): registrations/s at 32 clients"]
+
+
+def test_the_report_says_which_traces_the_run_recorded() -> None:
+    """Tracing's cost depends on how many traces are recorded: the report names the
+    sampler the run's processes used (the production default unless overridden)."""
+    from bench.harness import tracing_setting
+
+    default = tracing_setting({})
+    assert "at most 5 new traces a second per process" in default
+    assert "at most 20 " in tracing_setting({"TRACES_PER_SECOND": "20"})
+    named = tracing_setting({"OTEL_TRACES_SAMPLER": "parentbased_always_on"})
+    assert named == "OpenTelemetry's `parentbased_always_on` sampler"
+    results = _run_header()
+    results["settings"]["tracing"] = named
+    markdown = report.markdown(results, "bench/results/x.json")
+    assert "- Traces: OpenTelemetry's `parentbased_always_on` sampler; no collector" in markdown
