@@ -155,8 +155,26 @@ def test_a_child_forked_while_the_lock_is_held_can_still_sample() -> None:
     assert answer == [b"1"]
 
 
+def test_a_lone_database_or_redis_call_is_not_recorded_and_spends_nothing() -> None:
+    """The cache warmer's queries, the relay's claim, a scrape's gauges: one-span
+    traces that would take the budget from the requests."""
+    clock = Clock()
+    tracer = tracer_at(1, clock)
+    lone = [tracer.start_span(n, kind=trace.SpanKind.CLIENT) for n in ("SELECT", "GET", "connect")]
+    assert not any(span.is_recording() for span in lone)
+    request = tracer.start_span("GET /", kind=trace.SpanKind.SERVER)
+    assert request.is_recording()
+    with trace.use_span(request):  # the same call inside a recorded request is recorded
+        assert tracer.start_span("SELECT", kind=trace.SpanKind.CLIENT).is_recording()
+    assert not tracer.start_span("GET /events/1", kind=trace.SpanKind.SERVER).is_recording()
+
+
 def test_description_names_the_budget() -> None:
-    assert rate_limited(5).get_description().startswith("ParentBased{root:RateLimitingSampler{5/s}")
+    assert (
+        rate_limited(5)
+        .get_description()
+        .startswith("ParentBased{root:NoLoneClientSpans{RateLimitingSampler{5/s}}")
+    )
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,16 @@ A span whose parent was recorded is recorded, and one whose parent was not is no
 (OpenTelemetry's parent-based sampler), so the relay's dispatch, the worker's handler
 and the mail follow the decision the request made: the trace context stored with an
 outbox message carries it. Only a span with no parent (a request without a
-``traceparent`` header, a relay pass of its own) draws from the process's budget, a
-token bucket refilled at ``TRACES_PER_SECOND``: at a light load every request is
-traced, under load the cost of recording and exporting spans stays bounded (a span
-not recorded costs little; measured in ``bench/ANALYSIS.md``).
+``traceparent`` header, a job's message without a stored context) draws from the
+process's budget, a token bucket refilled at ``TRACES_PER_SECOND``: at a light load
+every request is traced, under load the cost of recording and exporting spans stays
+bounded (a span not recorded costs little; measured in ``bench/ANALYSIS.md``).
+
+A lone client span, a database or Redis call (or a pool's ``connect``) made outside
+any request, job or span of ours (the web's cache warmer, the relay's claim query,
+a metrics scrape's gauges), is not recorded and spends nothing: each would be a
+trace of one span, and in a web process they came to about nine a second, more than
+the budget. Their timings are in the query statistics and the metrics.
 
 ``OTEL_TRACES_SAMPLER``, when set, replaces this with one of OpenTelemetry's own
 samplers (``parentbased_always_on`` records everything), with
@@ -95,10 +101,39 @@ class RateLimitingSampler(Sampler):
         return f"RateLimitingSampler{{{self.per_second:g}/s}}"
 
 
+class NoLoneClientSpans(Sampler):
+    """For spans with no parent: a client span (a call to a database or Redis made
+    outside any traced operation) is dropped without asking ``root``; any other span
+    (a request, a job, a span of ours) is decided by ``root``."""
+
+    def __init__(self, root: Sampler) -> None:
+        self.root = root
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if kind == SpanKind.CLIENT:
+            return SamplingResult(Decision.DROP, None, None)
+        return self.root.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"NoLoneClientSpans{{{self.root.get_description()}}}"
+
+
 def rate_limited(per_second: float, clock: Callable[[], float] = time.monotonic) -> Sampler:
-    """Parent-based: a span follows its parent's decision; a root span is sampled
-    while the process's budget of ``per_second`` new traces a second lasts."""
-    return ParentBased(RateLimitingSampler(per_second, clock))
+    """Parent-based: a span follows its parent's decision; a root span other than a
+    lone client call is sampled while the process's budget of ``per_second`` new
+    traces a second lasts."""
+    return ParentBased(NoLoneClientSpans(RateLimitingSampler(per_second, clock)))
 
 
 def parse_traces_per_second(value: str | None) -> float:
