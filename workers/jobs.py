@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from rq import get_current_job
 
+from webapp.observability.tracing import with_instrumentation
 from webapp.services.delivery import DEFAULT_LEASE_SECONDS
 from workers import runtime
 
@@ -52,9 +52,8 @@ def cleanup_outbox() -> dict[str, Any]:
 @contextmanager
 def traced() -> Iterator[None]:
     """Spans again inside a job: the worker runs RQ's own Redis traffic with
-    instrumentation suppressed (``workers.worker``). The key is the one
-    ``opentelemetry.instrumentation.utils.suppress_instrumentation`` sets."""
-    token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, False))
+    instrumentation suppressed (``workers.worker``)."""
+    token = otel_context.attach(with_instrumentation(True))
     try:
         yield
     finally:

@@ -207,6 +207,70 @@ def test_a_request_not_sampled_leaves_no_span_in_the_relay_or_the_worker(
     assert not any(s.name.startswith(("outbox.", "mail.")) for s in spans), [s.name for s in spans]
 
 
+def test_a_request_not_sampled_builds_no_database_or_redis_span_anywhere(
+    traced_app: Flask,
+    recorder: Recorder,
+    redis_url: str,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sampler would drop them (their parent was not sampled), so the request, the
+    relay and the worker skip building them: no statement named, no attributes
+    collected, no span started under the trace by the SQLAlchemy or Redis
+    instrumentation. Spans of ours still start (unrecorded), so the decision still
+    travels with the message to the worker."""
+    from opentelemetry.sdk.trace import Tracer
+
+    from webapp.services.events import EventDetails, create_event
+
+    event_id = create_event(
+        get_db(traced_app).unit_of_work,
+        EventDetails("Lean talk", "d", "Room 5", datetime.now(UTC) + timedelta(days=3), True),
+        5,
+    )
+    trace_id = int("5bf92f3577b34da6a3ce929d0e0e4737", 16)
+    started: list[tuple[str, trace.SpanKind]] = []
+    start_span = Tracer.start_span
+
+    def counting(self: Tracer, name: str, context: Any = None, *args: Any, **kw: Any) -> Any:
+        parent = trace.get_current_span(context).get_span_context()
+        if parent.trace_id == trace_id:
+            kind = kw.get("kind", args[0] if args else trace.SpanKind.INTERNAL)
+            started.append((name, kind))
+        return start_span(self, name, context, *args, **kw)
+
+    monkeypatch.setattr(Tracer, "start_span", counting)
+    _register_then_deliver(
+        traced_app,
+        event_id,
+        redis_url,
+        postgres_url,
+        headers={"traceparent": f"00-{trace_id:032x}-00f067aa0ba902b7-00"},
+    )
+
+    assert list((Path(traced_app.config["MAILBOX_DIR"])).glob("*.eml")), "the mail went out"
+    names = [name for name, _ in started]
+    assert "outbox.dispatch" in names and "outbox.handle RegistrationCreated" in names, names
+    assert "mail.send" in names, names
+    clients = [name for name, kind in started if kind == trace.SpanKind.CLIENT]
+    assert clients == [], clients
+    assert not [s for s in recorder.exporter.get_finished_spans() if s.context.trace_id == trace_id]
+
+
+def test_a_request_outside_tracing_leaves_its_calls_to_the_sampler(
+    traced_app: Flask, recorder: Recorder
+) -> None:
+    """``/readyz`` makes no span of its own (an excluded URL): there is no unsampled
+    parent to follow, so its database and Redis calls are roots the sampler decides
+    (here: every one recorded), not skipped."""
+    response = traced_app.test_client().get("/readyz")
+    assert response.json["checks"]["database"]["ok"]  # no relay or worker runs here: 503
+    systems = {
+        (s.attributes or {}).get("db.system") for s in recorder.exporter.get_finished_spans()
+    }
+    assert {"postgresql", "redis"} <= systems, systems
+
+
 def test_the_worker_traces_its_jobs_but_not_rqs_own_redis_traffic(
     traced_app: Flask, recorder: Recorder, redis_url: str, postgres_url: str
 ) -> None:
@@ -246,6 +310,13 @@ def test_the_worker_traces_its_jobs_but_not_rqs_own_redis_traffic(
     redis_spans = [s for s in spans if (s.attributes or {}).get("db.system") == "redis"]
     outside = sorted(s.name for s in redis_spans if s.context.trace_id not in jobs)
     assert outside == [], outside
+    # and the job's own work is traced: its statements, in the message's trace
+    statements = [
+        str((s.attributes or {}).get("db.statement", ""))
+        for s in spans
+        if s.context.trace_id in jobs and (s.attributes or {}).get("db.system") == "postgresql"
+    ]
+    assert any('INSERT INTO "ProcessedMessages"' in st for st in statements), statements
 
 
 def test_flushing_query_timings_makes_no_spans(

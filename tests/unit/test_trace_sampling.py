@@ -10,10 +10,18 @@ import threading
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from webapp.observability.sampling import (
     RateLimitingSampler,
+    drops_children_of_unsampled,
     parse_traces_per_second,
     rate_limited,
     sampler_from_environment,
@@ -195,3 +203,32 @@ def test_an_opentelemetry_sampler_named_in_the_environment_replaces_the_budget()
     built = sampler_from_environment({"TRACES_PER_SECOND": "20"})
     assert built is not None and "RateLimitingSampler{20/s}" in built.get_description()
     assert "RateLimitingSampler{5/s}" in sampler_from_environment({}).get_description()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "dropped"),
+    [
+        (rate_limited(5), True),
+        (ParentBased(ALWAYS_ON), True),  # OTEL_TRACES_SAMPLER=parentbased_always_on
+        (ParentBased(TraceIdRatioBased(0.5)), True),
+        (ParentBased(ALWAYS_OFF), True),
+        (ALWAYS_ON, False),  # decides every span by itself: it records such children
+        (TraceIdRatioBased(1.0), False),
+        (ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON), False),
+        (ParentBased(ALWAYS_ON, local_parent_not_sampled=ALWAYS_ON), False),
+    ],
+)
+def test_which_samplers_drop_every_child_of_an_unsampled_span(
+    sampler: Sampler, dropped: bool
+) -> None:
+    """The instrumentations skip building a span only where the sampler would drop
+    it: a sampler that would record a child of an unsampled span keeps them all."""
+    assert drops_children_of_unsampled(sampler) is dropped
+    # as the tracer decides: some child of an unsampled span recorded, or none
+    tracer = TracerProvider(sampler=sampler).get_tracer("test")
+    recorded = []
+    for remote in (False, True):
+        parent = SpanContext(7, 9, is_remote=remote, trace_flags=TraceFlags(0))
+        child = tracer.start_span("child", trace.set_span_in_context(NonRecordingSpan(parent)))
+        recorded.append(child.is_recording())
+    assert any(recorded) is not dropped

@@ -21,6 +21,7 @@ import uuid
 from typing import Any
 
 from flask import Flask, Response, abort, g, request
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -86,6 +87,8 @@ def _request_ids(app: Flask) -> None:
         g.les_log_token = logs.correlation_id.set(g.request_id)
         if span.is_recording():
             span.set_attribute("http.request_id", g.request_id)
+        else:  # not sampled: no database or Redis spans to build
+            g.les_untraced = tracing.skip_unrecorded_children(span)
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -122,6 +125,9 @@ def _request_ids(app: Flask) -> None:
 
     @app.teardown_request
     def _reset(error: BaseException | None) -> None:
+        untraced = g.pop("les_untraced", None)
+        if untraced is not None:  # before the Flask instrumentation ends its span
+            otel_context.detach(untraced)
         token = g.pop("les_log_token", None)
         if token is not None:
             try:

@@ -37,7 +37,15 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     SamplingResult,
 )
-from opentelemetry.trace import Link, SpanKind, get_current_span
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    get_current_span,
+    set_span_in_context,
+)
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
@@ -134,6 +142,24 @@ def rate_limited(per_second: float, clock: Callable[[], float] = time.monotonic)
     lone client call is sampled while the process's budget of ``per_second`` new
     traces a second lasts."""
     return ParentBased(NoLoneClientSpans(RateLimitingSampler(per_second, clock)))
+
+
+def drops_children_of_unsampled(sampler: Sampler) -> bool:
+    """Whether ``sampler`` drops every span whose parent, local or remote, was not
+    sampled: then nothing started under such a parent can be recorded, and the
+    instrumentations need not build its spans (``tracing.unrecorded_children_skipped``).
+    True for OpenTelemetry's parent-based samplers as configured by
+    ``OTEL_TRACES_SAMPLER`` and for :func:`rate_limited`; False for a sampler that
+    decides a child by itself (``always_on``, ``traceidratio``), or a parent-based one
+    told to record such children."""
+    if not isinstance(sampler, ParentBased):
+        return False
+    for remote in (False, True):
+        parent = SpanContext(1, 1, is_remote=remote, trace_flags=TraceFlags(0))
+        probe = set_span_in_context(NonRecordingSpan(parent))
+        if sampler.should_sample(probe, 1, "probe").decision != Decision.DROP:
+            return False
+    return True
 
 
 def parse_traces_per_second(value: str | None) -> float:

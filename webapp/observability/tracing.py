@@ -17,10 +17,13 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from contextvars import Token
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -29,11 +32,13 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 
-from webapp.observability.sampling import sampler_from_environment
+from webapp.observability.sampling import drops_children_of_unsampled, sampler_from_environment
 
 log = logging.getLogger(__name__)
 
 _state: dict[str, Any] = {"deferred": False, "instrumented": False, "pid": None}
+#: the last sampler asked about, and whether it drops every child of an unsampled span
+_children_dropped: dict[str, Any] = {"sampler": None, "dropped": False}
 
 
 def current_trace_context() -> str | None:
@@ -67,9 +72,12 @@ def continue_trace(
     ``outbox.handle <Type>`` join the trace of the request that wrote the message."""
     tracer = trace.get_tracer("les.outbox")
     parent = extract_trace_context(trace_context)
-    with tracer.start_as_current_span(
-        name, context=parent, kind=kind, attributes=attributes or {}
-    ) as span:
+    with (
+        tracer.start_as_current_span(
+            name, context=parent, kind=kind, attributes=attributes or {}
+        ) as span,
+        unrecorded_children_skipped(span),
+    ):
         yield span
 
 
@@ -81,11 +89,62 @@ def within_span(span_context: trace.SpanContext | None) -> Iterator[None]:
     if span_context is None:
         yield
         return
-    token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(span_context)))
+    span = trace.NonRecordingSpan(span_context)
+    token = otel_context.attach(trace.set_span_in_context(span))
     try:
-        yield
+        with unrecorded_children_skipped(span):
+            yield
     finally:
         otel_context.detach(token)
+
+
+def children_unrecorded(span: trace.Span) -> bool:
+    """True when no span started under ``span`` can be recorded: ``span`` was not
+    sampled, and this process's sampler drops every child of an unsampled span. (No
+    span at all, as outside a request, is not such a parent: what starts there is a
+    root, which the sampler decides.)"""
+    context = span.get_span_context()
+    if not context.is_valid or context.trace_flags.sampled:
+        return False
+    sampler = getattr(trace.get_tracer_provider(), "sampler", None)
+    if sampler is None:  # tracing off: no provider of the SDK
+        return False
+    if sampler is not _children_dropped["sampler"]:
+        _children_dropped["dropped"] = drops_children_of_unsampled(sampler)
+        _children_dropped["sampler"] = sampler
+    return bool(_children_dropped["dropped"])
+
+
+def with_instrumentation(enabled: bool) -> otel_context.Context:
+    """The current context with the SQLAlchemy and Redis instrumentations on or off:
+    both keys OpenTelemetry's ``suppress_instrumentation`` sets (the instrumentations
+    look at both, so clearing one alone leaves them off)."""
+    context = otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, not enabled)
+    return otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY_PLAIN, not enabled, context)
+
+
+def skip_unrecorded_children(span: trace.Span) -> Token[otel_context.Context] | None:
+    """From here, the SQLAlchemy and Redis instrumentations build no spans when none
+    under ``span`` could be recorded (:func:`children_unrecorded`): a request or job
+    not sampled then skips their work (statement names, attributes, contexts, spans
+    the sampler drops anyway). Its trace id is still ``span``'s, in the logs and in
+    the contexts it passes on, and spans of ours still start (unrecorded), so the
+    trace context stored in the outbox keeps the decision. Returns the token to give
+    :func:`otel_context.detach`, or None when nothing is skipped."""
+    if not children_unrecorded(span):
+        return None
+    return otel_context.attach(with_instrumentation(False))
+
+
+@contextlib.contextmanager
+def unrecorded_children_skipped(span: trace.Span) -> Iterator[bool]:
+    """:func:`skip_unrecorded_children` for the block; yields whether it skips."""
+    token = skip_unrecorded_children(span)
+    try:
+        yield token is not None
+    finally:
+        if token is not None:
+            otel_context.detach(token)
 
 
 def defer_provider() -> None:
