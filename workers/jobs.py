@@ -10,7 +10,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from rq import get_current_job
 
-from webapp.observability.tracing import with_instrumentation
+from webapp.observability.tracing import lone_calls_unrecorded, with_instrumentation
 from webapp.services.delivery import DEFAULT_LEASE_SECONDS
 from workers import runtime
 
@@ -52,8 +52,11 @@ def cleanup_outbox() -> dict[str, Any]:
 @contextmanager
 def traced() -> Iterator[None]:
     """Spans again inside a job: the worker runs RQ's own Redis traffic with
-    instrumentation suppressed (``workers.worker``)."""
-    token = otel_context.attach(with_instrumentation(True))
+    instrumentation suppressed (``workers.worker``). Where the sampler would drop
+    them (``tracing.lone_calls_unrecorded``), the job's own calls outside a
+    message's trace, its take-over and last transaction, stay without; each
+    message's handlers get them when its trace is recorded (``continue_trace``)."""
+    token = otel_context.attach(with_instrumentation(not lone_calls_unrecorded()))
     try:
         yield
     finally:

@@ -46,7 +46,7 @@ from webapp.observability.metrics import (
     RELAY_DISPATCH_SECONDS,
     RELAY_DISPATCHED,
 )
-from webapp.observability.tracing import continue_trace
+from webapp.observability.tracing import continue_trace, lone_calls_skipped
 from webapp.services.delivery import DEFAULT_LEASE_SECONDS, RELAY_WAKEUP, WAKEUP_CHANNEL
 from webapp.services.unit_of_work import utcnow
 from workers import HANDLE_MESSAGES_JOB, OUTBOX_QUEUE, job_message_ids
@@ -110,14 +110,15 @@ class Relay:
         span, cost 15 % of such a pass's instructions. A pass that finds
         nothing, and any error, give it back to the pool, so an idle relay holds
         none, and a connection that idled is pinged on its next checkout."""
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = self.db.write_engine.connect()
-        try:
-            claimed = self._dispatch_on(conn)
-        except BaseException:
-            self.release_connection()
-            raise
+        with lone_calls_skipped():  # its statements and Redis calls are in no trace
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = self.db.write_engine.connect()
+            try:
+                claimed = self._dispatch_on(conn)
+            except BaseException:
+                self.release_connection()
+                raise
         if not claimed:
             self.release_connection()
         return claimed

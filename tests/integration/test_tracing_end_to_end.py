@@ -73,6 +73,34 @@ def _ancestors(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> list[str]:
     return names
 
 
+def _relay_pass(traced_app: Flask, connection: redis.Redis, postgres_url: str) -> None:
+    """The real relay's pass: claims the outbox rows and enqueues their RQ jobs."""
+    from workers.relay import Relay
+
+    relay = Relay(get_db(traced_app), connection, postgres_url)
+    assert relay.dispatch_once() >= 1
+    relay.release_connection()
+
+
+def _work_off(traced_app: Flask, connection: redis.Redis, outbox_worker: bool = True) -> None:
+    """Run the queued jobs in-process with ``traced_app``: the production worker class
+    (``OutboxWorker``, which suppresses RQ's own spans), or rq's ``SimpleWorker``."""
+    from workers import OUTBOX_QUEUE, runtime
+    from workers.worker import OutboxWorker
+
+    queue = Queue(OUTBOX_QUEUE, connection=connection, serializer=JSONSerializer)
+    # built before the app is handed over: its after-fork hook would drop (not close)
+    # the app's pooled connections, as it must in a real forked worker
+    worker_class = OutboxWorker if outbox_worker else SimpleWorker
+    worker = worker_class([queue], connection=connection, serializer=JSONSerializer)
+    previous: dict[str, Any] = {"app": runtime._app, "deliverer": runtime._deliverer}
+    runtime._app, runtime._deliverer = traced_app, None
+    try:
+        worker.work(burst=True)
+    finally:
+        runtime._app, runtime._deliverer = previous["app"], previous["deliverer"]
+
+
 def _register_then_deliver(
     traced_app: Flask,
     event_id: int,
@@ -82,9 +110,6 @@ def _register_then_deliver(
 ) -> Any:
     """Register through the app (its POST with ``headers``), then run the real relay
     pass and the worker's job for its messages; returns the POST's response."""
-    from workers import OUTBOX_QUEUE, runtime
-    from workers.relay import Relay
-
     # 1. the registration request (Flask + SQLAlchemy instrumentation)
     client = traced_app.test_client()
     html = client.get(f"/events/{event_id}").get_data(as_text=True)
@@ -104,19 +129,10 @@ def _register_then_deliver(
 
     # 2. the relay claims the outbox rows and enqueues RQ jobs (span outbox.dispatch)
     connection = redis.Redis.from_url(redis_url)
-    relay = Relay(get_db(traced_app), connection, postgres_url)
-    assert relay.dispatch_once() >= 1
-    relay.release_connection()
+    _relay_pass(traced_app, connection, postgres_url)
 
     # 3. the worker runs the real job function (span outbox.handle <Type>, then mail.send)
-    previous: dict[str, Any] = {"app": runtime._app, "deliverer": runtime._deliverer}
-    runtime._app, runtime._deliverer = traced_app, None
-    try:
-        queue = Queue(OUTBOX_QUEUE, connection=connection, serializer=JSONSerializer)
-        worker = SimpleWorker([queue], connection=connection, serializer=JSONSerializer)
-        worker.work(burst=True)
-    finally:
-        runtime._app, runtime._deliverer = previous["app"], previous["deliverer"]
+    _work_off(traced_app, connection, outbox_worker=False)
     return response
 
 
@@ -257,6 +273,55 @@ def test_a_request_not_sampled_builds_no_database_or_redis_span_anywhere(
     assert not [s for s in recorder.exporter.get_finished_spans() if s.context.trace_id == trace_id]
 
 
+def test_under_the_budget_a_relay_pass_and_a_jobs_bookkeeping_build_no_lone_spans(
+    traced_app: Flask,
+    recorder: Recorder,
+    redis_url: str,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The budget's sampler never records a database or Redis call made outside any
+    span: the relay's claim and enqueue, a job's take-over and last transaction skip
+    building them. A message whose trace is recorded still gets its handlers'
+    spans (the provider's tracers keep the tests' sampler, which records the job's
+    root span; the skipping follows the provider's sampler, here the budget's)."""
+    from opentelemetry.sdk.trace import Tracer
+
+    from webapp.observability.sampling import rate_limited
+    from webapp.services import registrations
+    from webapp.services.events import EventDetails, create_event
+
+    uow = get_db(traced_app).unit_of_work
+    event_id = create_event(
+        uow, EventDetails("Lone calls", "d", "Room 6", datetime.now(UTC) + timedelta(days=3)), 5
+    )
+    registrations.register(uow, event_id, "Lou Lone", "lou@example.com")
+    monkeypatch.setattr(trace.get_tracer_provider(), "sampler", rate_limited(1000))
+    lone: list[str] = []
+    start_span = Tracer.start_span
+
+    def counting(self: Tracer, name: str, context: Any = None, *args: Any, **kw: Any) -> Any:
+        kind = kw.get("kind", args[0] if args else trace.SpanKind.INTERNAL)
+        parent = trace.get_current_span(context).get_span_context()
+        if kind == trace.SpanKind.CLIENT and not parent.is_valid:
+            lone.append(name)
+        return start_span(self, name, context, *args, **kw)
+
+    monkeypatch.setattr(Tracer, "start_span", counting)
+    recorder.exporter.clear()
+    connection = redis.Redis.from_url(redis_url)
+    _relay_pass(traced_app, connection, postgres_url)
+    _work_off(traced_app, connection)
+
+    assert lone == [], lone
+    spans = recorder.exporter.get_finished_spans()
+    [handle] = [s for s in spans if s.name == "outbox.handle RegistrationCreated"]
+    in_job = [s for s in spans if s.context.trace_id == handle.context.trace_id]
+    assert any((s.attributes or {}).get("db.system") == "postgresql" for s in in_job), [
+        s.name for s in in_job
+    ]
+
+
 def test_a_request_outside_tracing_leaves_its_calls_to_the_sampler(
     traced_app: Flask, recorder: Recorder
 ) -> None:
@@ -278,9 +343,6 @@ def test_the_worker_traces_its_jobs_but_not_rqs_own_redis_traffic(
     the worker suppresses them, and every Redis span left belongs to a job's trace."""
     from webapp.services import registrations
     from webapp.services.events import EventDetails, create_event
-    from workers import OUTBOX_QUEUE, runtime
-    from workers.relay import Relay
-    from workers.worker import OutboxWorker
 
     uow = get_db(traced_app).unit_of_work
     event_id = create_event(
@@ -288,21 +350,10 @@ def test_the_worker_traces_its_jobs_but_not_rqs_own_redis_traffic(
     )
     registrations.register(uow, event_id, "Rae Queue", "rae@example.com")
     connection = redis.Redis.from_url(redis_url)
-    relay = Relay(get_db(traced_app), connection, postgres_url)
-    assert relay.dispatch_once() >= 1
-    relay.release_connection()
+    _relay_pass(traced_app, connection, postgres_url)
     recorder.exporter.clear()
 
-    queue = Queue(OUTBOX_QUEUE, connection=connection, serializer=JSONSerializer)
-    # built before the app is handed over: its after-fork hook would drop (not close)
-    # the app's pooled connections, as it must in a real forked worker
-    worker = OutboxWorker([queue], connection=connection)
-    previous: dict[str, Any] = {"app": runtime._app, "deliverer": runtime._deliverer}
-    runtime._app, runtime._deliverer = traced_app, None
-    try:
-        worker.work(burst=True)
-    finally:
-        runtime._app, runtime._deliverer = previous["app"], previous["deliverer"]
+    _work_off(traced_app, connection)
 
     spans = recorder.exporter.get_finished_spans()
     jobs = {s.context.trace_id for s in spans if s.name.startswith("outbox.handle")}

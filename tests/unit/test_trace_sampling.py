@@ -22,6 +22,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Trace
 from webapp.observability.sampling import (
     RateLimitingSampler,
     drops_children_of_unsampled,
+    drops_lone_client_spans,
     parse_traces_per_second,
     rate_limited,
     sampler_from_environment,
@@ -232,3 +233,16 @@ def test_which_samplers_drop_every_child_of_an_unsampled_span(
         child = tracer.start_span("child", trace.set_span_in_context(NonRecordingSpan(parent)))
         recorded.append(child.is_recording())
     assert any(recorded) is not dropped
+
+
+def test_only_the_budget_says_it_drops_every_lone_client_span() -> None:
+    """What it says of itself is what it does (asking a sampler would spend its
+    budget); OpenTelemetry's samplers record lone calls, so they keep their spans."""
+    sampler = rate_limited(1)  # a budget of one trace
+    assert drops_lone_client_spans(sampler)
+    tracer = TracerProvider(sampler=sampler).get_tracer("test")
+    spans = [tracer.start_span("SELECT", kind=trace.SpanKind.CLIENT) for _ in range(50)]
+    assert not any(s.is_recording() for s in spans)
+    assert tracer.start_span("GET /").is_recording()  # and spent nothing on them
+    for other in (ParentBased(ALWAYS_ON), ParentBased(TraceIdRatioBased(0.5)), ALWAYS_ON):
+        assert not drops_lone_client_spans(other)

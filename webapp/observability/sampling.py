@@ -137,17 +137,37 @@ class NoLoneClientSpans(Sampler):
         return f"NoLoneClientSpans{{{self.root.get_description()}}}"
 
 
+class BudgetSampler(ParentBased):
+    """Parent-based: a span follows its parent's decision; a root span other than a
+    lone client call is sampled while the process's budget lasts
+    (:func:`rate_limited`)."""
+
+    #: a client span with no parent is never recorded (:func:`drops_lone_client_spans`)
+    drops_lone_client_spans = True
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(NoLoneClientSpans(RateLimitingSampler(per_second, clock)))
+
+
 def rate_limited(per_second: float, clock: Callable[[], float] = time.monotonic) -> Sampler:
     """Parent-based: a span follows its parent's decision; a root span other than a
     lone client call is sampled while the process's budget of ``per_second`` new
     traces a second lasts."""
-    return ParentBased(NoLoneClientSpans(RateLimitingSampler(per_second, clock)))
+    return BudgetSampler(per_second, clock)
+
+
+def drops_lone_client_spans(sampler: Sampler) -> bool:
+    """Whether ``sampler`` never records a database or Redis call made outside any
+    span (:class:`BudgetSampler`): then a relay pass or a job's bookkeeping outside a
+    message's trace need not build their spans. (Asking a sampler would spend its
+    budget, so this is what it says of itself.)"""
+    return bool(getattr(sampler, "drops_lone_client_spans", False))
 
 
 def drops_children_of_unsampled(sampler: Sampler) -> bool:
     """Whether ``sampler`` drops every span whose parent, local or remote, was not
     sampled: then nothing started under such a parent can be recorded, and the
-    instrumentations need not build its spans (``tracing.unrecorded_children_skipped``).
+    instrumentations need not build its spans (``tracing.instrumented_as``).
     True for OpenTelemetry's parent-based samplers as configured by
     ``OTEL_TRACES_SAMPLER`` and for :func:`rate_limited`; False for a sampler that
     decides a child by itself (``always_on``, ``traceidratio``), or a parent-based one

@@ -32,7 +32,11 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 
-from webapp.observability.sampling import drops_children_of_unsampled, sampler_from_environment
+from webapp.observability.sampling import (
+    drops_children_of_unsampled,
+    drops_lone_client_spans,
+    sampler_from_environment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +80,7 @@ def continue_trace(
         tracer.start_as_current_span(
             name, context=parent, kind=kind, attributes=attributes or {}
         ) as span,
-        unrecorded_children_skipped(span),
+        instrumented_as(span),
     ):
         yield span
 
@@ -92,8 +96,50 @@ def within_span(span_context: trace.SpanContext | None) -> Iterator[None]:
     span = trace.NonRecordingSpan(span_context)
     token = otel_context.attach(trace.set_span_in_context(span))
     try:
-        with unrecorded_children_skipped(span):
+        with instrumented_as(span):
             yield
+    finally:
+        otel_context.detach(token)
+
+
+def _sampler() -> Any:
+    """This process's sampler; None with tracing off (no provider of the SDK)."""
+    return getattr(trace.get_tracer_provider(), "sampler", None)
+
+
+def lone_calls_unrecorded() -> bool:
+    """True when a database or Redis call made outside any span is never recorded
+    (this process's sampler is the budget of ``sampling``, not one named by
+    ``OTEL_TRACES_SAMPLER``)."""
+    sampler = _sampler()
+    return sampler is not None and drops_lone_client_spans(sampler)
+
+
+@contextlib.contextmanager
+def lone_calls_skipped() -> Iterator[None]:
+    """Work outside any request or message (a relay pass, a job's take-over and its
+    last transaction) builds no database or Redis spans when none could be recorded
+    (:func:`lone_calls_unrecorded`); :func:`continue_trace` turns them back on for
+    a message whose trace is recorded."""
+    if not lone_calls_unrecorded():
+        yield
+        return
+    token = otel_context.attach(with_instrumentation(False))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+@contextlib.contextmanager
+def instrumented_as(span: trace.Span) -> Iterator[None]:
+    """Within the block the SQLAlchemy and Redis instrumentations are on exactly when
+    a span started under ``span`` could be recorded: off for a message not sampled
+    (:func:`children_unrecorded`), on for one that is, even inside a pass or job that
+    skips its lone calls (:func:`lone_calls_skipped`)."""
+    token = otel_context.attach(with_instrumentation(not children_unrecorded(span)))
+    try:
+        yield
     finally:
         otel_context.detach(token)
 
@@ -106,8 +152,8 @@ def children_unrecorded(span: trace.Span) -> bool:
     context = span.get_span_context()
     if not context.is_valid or context.trace_flags.sampled:
         return False
-    sampler = getattr(trace.get_tracer_provider(), "sampler", None)
-    if sampler is None:  # tracing off: no provider of the SDK
+    sampler = _sampler()
+    if sampler is None:
         return False
     if sampler is not _children_dropped["sampler"]:
         _children_dropped["dropped"] = drops_children_of_unsampled(sampler)
@@ -134,17 +180,6 @@ def skip_unrecorded_children(span: trace.Span) -> Token[otel_context.Context] | 
     if not children_unrecorded(span):
         return None
     return otel_context.attach(with_instrumentation(False))
-
-
-@contextlib.contextmanager
-def unrecorded_children_skipped(span: trace.Span) -> Iterator[bool]:
-    """:func:`skip_unrecorded_children` for the block; yields whether it skips."""
-    token = skip_unrecorded_children(span)
-    try:
-        yield token is not None
-    finally:
-        if token is not None:
-            otel_context.detach(token)
 
 
 def defer_provider() -> None:
