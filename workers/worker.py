@@ -89,14 +89,27 @@ class _RqBookkeepingOnce:
 
     Here a heartbeat is not sent again within :data:`REPEAT_WINDOW_SECONDS` of one
     that kept the worker's key alive at least as long, a state is not written again
-    within it, and a heartbeat that is sent goes as one round trip: 12 round trips a
-    job (``tests/integration/test_worker_bookkeeping.py``). So the key never
+    within it, a heartbeat that is sent goes as one round trip, and the suspension
+    check is not repeated within it either: 11 round trips a job
+    (``tests/integration/test_worker_bookkeeping.py``). So the key never
     expires sooner than a second before it would have (RQ's TTL is the wait for a job
     plus 75 s), and it holds the same state and a heartbeat at most a second older."""
 
     _beat_at = float("-inf")
     _beat_ttl = 0
     _state_at = float("-inf")
+    _unsuspended_at = float("-inf")
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ asks Redis whether ``rq suspend`` paused the workers before every
+        dequeue (with a heartbeat, a round trip a job). Here it asks again only
+        :data:`REPEAT_WINDOW_SECONDS` after an answer of not suspended, so a
+        suspension stops a busy worker before its next job a second later at most,
+        and an idle worker, which waits for a job longer than that, as before."""
+        if time.monotonic() - self._unsuspended_at < REPEAT_WINDOW_SECONDS:
+            return
+        super().check_for_suspension(burst)  # type: ignore[misc]
+        self._unsuspended_at = time.monotonic()
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         timeout = timeout or self.worker_ttl + 60  # type: ignore[attr-defined]
