@@ -12,13 +12,14 @@ from flask import Flask
 from webapp.adapters.cookie_sessions import VerifiedCookieSessions
 from webapp.config import load_config
 from webapp.extensions import csrf, init_db, limit_writes_only, limiter, login_manager
+from webapp.flask_app import LiveEventFlask
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app: settings, extensions, blueprints, CLI commands."""
-    app = Flask(
+    app = LiveEventFlask(
         __name__,
         template_folder=str(PROJECT_ROOT / "templates"),
         static_folder=str(PROJECT_ROOT / "static"),
