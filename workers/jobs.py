@@ -7,10 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from opentelemetry import context as otel_context
 from rq import get_current_job
 
-from webapp.observability.tracing import lone_calls_unrecorded, with_instrumentation
+from webapp.observability.tracing import instrumentation, lone_calls_unrecorded
 from webapp.services.delivery import DEFAULT_LEASE_SECONDS
 from workers import runtime
 
@@ -56,8 +55,5 @@ def traced() -> Iterator[None]:
     them (``tracing.lone_calls_unrecorded``), the job's own calls outside a
     message's trace, its take-over and last transaction, stay without; each
     message's handlers get them when its trace is recorded (``continue_trace``)."""
-    token = otel_context.attach(with_instrumentation(not lone_calls_unrecorded()))
-    try:
+    with instrumentation(enabled=not lone_calls_unrecorded()):
         yield
-    finally:
-        otel_context.detach(token)

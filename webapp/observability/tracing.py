@@ -124,11 +124,8 @@ def lone_calls_skipped() -> Iterator[None]:
     if not lone_calls_unrecorded():
         yield
         return
-    token = otel_context.attach(with_instrumentation(False))
-    try:
+    with instrumentation(enabled=False):
         yield
-    finally:
-        otel_context.detach(token)
 
 
 @contextlib.contextmanager
@@ -137,11 +134,8 @@ def instrumented_as(span: trace.Span) -> Iterator[None]:
     a span started under ``span`` could be recorded: off for a message not sampled
     (:func:`children_unrecorded`), on for one that is, even inside a pass or job that
     skips its lone calls (:func:`lone_calls_skipped`)."""
-    token = otel_context.attach(with_instrumentation(not children_unrecorded(span)))
-    try:
+    with instrumentation(enabled=not children_unrecorded(span)):
         yield
-    finally:
-        otel_context.detach(token)
 
 
 def children_unrecorded(span: trace.Span) -> bool:
@@ -167,6 +161,17 @@ def with_instrumentation(enabled: bool) -> otel_context.Context:
     look at both, so clearing one alone leaves them off)."""
     context = otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, not enabled)
     return otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY_PLAIN, not enabled, context)
+
+
+@contextlib.contextmanager
+def instrumentation(enabled: bool) -> Iterator[None]:
+    """The SQLAlchemy and Redis instrumentations on or off for the block
+    (:func:`with_instrumentation`)."""
+    token = otel_context.attach(with_instrumentation(enabled))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def skip_unrecorded_children(span: trace.Span) -> Token[otel_context.Context] | None:
