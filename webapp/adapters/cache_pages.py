@@ -19,6 +19,13 @@ generator take their places, so every visitor posts a valid, unique form. A view
 registers such a value with :func:`personal_value`, and can keep a render out of
 the cache with :func:`do_not_store` (e.g. the event starts before the copy expires).
 
+The stored copy is the page cut at its personal values: literal parts and the names
+of the values between them (:func:`_stored_page`), so a hit joins the parts with this
+visitor's values in one pass instead of searching the whole page for each marker.
+The cache holds JSON, which has no bytes: each literal part is kept as its UTF-8 bytes
+spelt as Latin-1 text, so a hit turns it back into bytes with a plain copy instead of
+encoding the page again (the event list is ~45 KB; encoding it was ~25 us a view).
+
 Live parts: the few parts of an event page that change with each registration (seats
 left, waitlist length, the availability line and the button) go through the same
 mechanism (:func:`live_part` in the template, rendered from the event's cached
@@ -27,6 +34,7 @@ counts on each hit), so a registration drops the event's counts but not its page
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -41,7 +49,10 @@ from webapp.adapters.csrf_tokens import csrf_token
 CACHED_PAGE_ENDPOINTS = ("public.event_list",)
 #: pages of one event (view argument ``event_id``): a change of that event drops them
 PER_EVENT_PAGE_ENDPOINTS = ("public.event_detail",)
-_CSRF_MARKER = "\x00csrf-token\x00"  # a placeholder
+#: the name of the CSRF token among a stored page's personal values
+_CSRF = "csrf-token"
+#: a placeholder for a personal value (NUL never occurs in a rendered page)
+_MARKER = re.compile(b"\x00([^\x00]+)\x00")
 
 
 def page_key(endpoint: str, hx: bool, event_id: int | None = None) -> str:
@@ -81,8 +92,8 @@ def do_not_store() -> None:
     g._page_not_storable = True
 
 
-def _marker(name: str) -> str:
-    return f"\x00personal:{name}\x00"
+def _marker(name: str) -> bytes:
+    return b"\x00" + name.encode() + b"\x00"
 
 
 def _cacheable_request() -> bool:
@@ -119,26 +130,44 @@ def _storable(response: Response) -> dict[str, Any] | None:
         or g.get("_page_not_storable")
     ):
         return None
-    body = response.get_data(as_text=True)
+    values = dict(g.get("_personal_values", {}))
     token = g.get(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"))
     if token:
-        body = body.replace(token, _CSRF_MARKER)
-    personal = g.get("_personal_values", {})
-    for name, value in personal.items():
-        body = body.replace(value, _marker(name))
-    return {"body": body, "content_type": response.content_type, "personal": sorted(personal)}
+        values = {_CSRF: token, **values}
+    return _stored_page(response.get_data(), values, response.content_type)
 
 
-def _personalise(stored: dict[str, Any], generators: dict[str, Callable[[], str]]) -> str:
-    body: str = stored["body"]
-    if _CSRF_MARKER in body:
-        body = body.replace(_CSRF_MARKER, csrf_token())
+def _stored_page(body: bytes, values: dict[str, str], content_type: str | None) -> dict[str, Any]:
+    """The copy of a page to store: ``parts`` alternate literal text (UTF-8 bytes spelt
+    as Latin-1, see the module's docstring) and the name of the personal value each
+    occurrence of ``values`` (name -> this render's value) was cut out at."""
+    for name, value in values.items():
+        body = body.replace(value.encode(), _marker(name))
+    parts = [
+        part.decode() if odd else part.decode("latin-1")
+        for odd, part in ((n % 2 == 1, p) for n, p in enumerate(_MARKER.split(body)))
+    ]
+    return {"parts": parts, "content_type": content_type, "personal": sorted(set(parts[1::2]))}
+
+
+def _personalise(stored: dict[str, Any], generators: dict[str, Callable[[], str]]) -> bytes:
+    """The stored page with this visitor's values: one value per name, fresh from its
+    generator (the CSRF token from the visitor's session)."""
+    parts = stored.get("parts")
+    if parts is None:  # stored by an earlier version of this module
+        raise LookupError("parts")
+    values: dict[str, bytes] = {}
     for name in stored.get("personal", ()):
+        if name == _CSRF:
+            values[name] = csrf_token().encode()
+            continue
         generate = generators.get(name)
         if generate is None:  # stored by another version of the view: do not guess
             raise LookupError(name)
-        body = body.replace(_marker(name), generate())
-    return body
+        values[name] = generate().encode()
+    return b"".join(
+        values[part] if n % 2 else part.encode("latin-1") for n, part in enumerate(parts)
+    )
 
 
 def cached_page(
