@@ -144,8 +144,8 @@ def _stored_page(body: bytes, values: dict[str, str], content_type: str | None) 
     for name, value in values.items():
         body = body.replace(value.encode(), _marker(name))
     parts = [
-        part.decode() if odd else part.decode("latin-1")
-        for odd, part in ((n % 2 == 1, p) for n, p in enumerate(_MARKER.split(body)))
+        part.decode() if n % 2 else part.decode("latin-1")
+        for n, part in enumerate(_MARKER.split(body))
     ]
     return {"parts": parts, "content_type": content_type, "personal": sorted(set(parts[1::2]))}
 
@@ -179,6 +179,8 @@ def cached_page(
     (but for the personal values it declares: name -> generator, see
     :func:`personal_value`)."""
     generators = dict(personal or {})
+    if _CSRF in generators:
+        raise ValueError(f"{_CSRF!r} names the CSRF token of a cached page: choose another name")
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Response]:
         @wraps(func)
