@@ -147,7 +147,7 @@ def _stored_page(body: bytes, values: dict[str, str], content_type: str | None) 
         part.decode() if n % 2 else part.decode("latin-1")
         for n, part in enumerate(_MARKER.split(body))
     ]
-    return {"parts": parts, "content_type": content_type, "personal": sorted(set(parts[1::2]))}
+    return {"parts": parts, "content_type": content_type}
 
 
 def _personalise(stored: dict[str, Any], generators: dict[str, Callable[[], str]]) -> bytes:
@@ -157,7 +157,7 @@ def _personalise(stored: dict[str, Any], generators: dict[str, Callable[[], str]
     if parts is None:  # stored by an earlier version of this module
         raise LookupError("parts")
     values: dict[str, bytes] = {}
-    for name in stored.get("personal", ()):
+    for name in set(parts[1::2]):
         if name == _CSRF:
             values[name] = csrf_token().encode()
             continue
