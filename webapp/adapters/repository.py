@@ -92,7 +92,26 @@ class RegistrationRepository:
         return registrations
 
     def add(self, registration: Registration) -> None:
-        self.session.add(registration)
+        """Insert a new registration now, with one prepared Core statement, instead of
+        at the session's flush: the ORM's unit of work spent about as much CPU on it as
+        the statement itself (0.48 M of a registration flow's 25.5 M instructions).
+
+        The registration stays out of the session: the unit of work that creates a
+        registration never changes it. A unique index it violates raises here."""
+        r = registration
+        params = {
+            "Id": r.id,
+            "EventId": r.event_id,
+            "UserId": r.attendee_id,
+            "Status": r.status,
+            "PositionInQueue": r.queue_key,
+            "IdempotencyKey": r.idempotency_key,
+            "CreatedAt": r.created_at,
+            "UpdatedAt": r.updated_at,
+            "ConfirmedAt": r.confirmed_at,
+            "CancelledAt": r.cancelled_at,
+        }
+        self.session.execute(_INSERT_REGISTRATION, params)
 
     def get(self, registration_id: uuid.UUID) -> Registration | None:
         return self.session.get(Registration, registration_id)
@@ -136,6 +155,9 @@ class RegistrationRepository:
             return []
         params = {"event_id": event_id, "limit": limit}
         return self._keep(list(self.session.scalars(_waitlist_head_stmt(), params)))
+
+
+_INSERT_REGISTRATION = registrations.insert()
 
 
 @cache

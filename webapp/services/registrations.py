@@ -43,8 +43,8 @@ def register(
 
     The event row is locked for the decision, so concurrent registrations are
     serialized per event and never overbook. The happy path is five statements:
-    upsert the attendee, lock the event, update the event's counters, insert the
-    registration, insert the outbox rows. The attendee comes first because it needs
+    upsert the attendee, lock the event, insert the registration, update the event's
+    counters, insert the outbox rows. The attendee comes first because it needs
     no lock of the event: the lock, for which every registration of a busy event
     queues, is held for four statements, not five. (Only registering touches the
     attendee's row, always before the event's, so the order cannot deadlock.)
@@ -65,7 +65,6 @@ def register(
             if event is None:
                 raise errors.EventNotFound("This event does not exist.")
             registration = event.register(attendee, uow.now, idempotency_key)
-            uow.registrations.add(registration)
             uow.created(
                 NewRegistration(
                     registration.id,
@@ -78,6 +77,7 @@ def register(
                 )
             )
             try:
+                uow.registrations.add(registration)  # a unique index may refuse it here
                 uow.commit()
             except IntegrityError as error:
                 uow.rollback()
