@@ -109,6 +109,12 @@ def test_scrape_shows_statements_promotions_and_top_waitlists(postgres_url, redi
         assert value(inserts, kind="insert", table="OutboxMessages") > previous(
             inserts, kind="insert", table="OutboxMessages"
         )
+        # one insert per registration, each counted (the statement's labels are worked
+        # out on its first execution and remembered)
+        assert (
+            value(inserts, kind="insert", table="EventRegistrations")
+            == previous(inserts, kind="insert", table="EventRegistrations") + 3
+        )
         assert value("les_waitlist_length", event=str(event_id)) == 1  # Cat still waits
         assert value("les_event_registrations", event=str(event_id)) == 2
         assert value("les_outbox_messages", state="pending") >= 4  # no relay here

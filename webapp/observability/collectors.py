@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, event, select
@@ -40,6 +41,9 @@ _FIRST_TABLE = re.compile(
     r"\b(?:from|into|update|join)\s+(?:\w+\.)?\"?([A-Za-z_][A-Za-z0-9_]*)\"?", re.IGNORECASE
 )
 _START_KEY = "les_statement_started"
+#: distinct statement texts whose labels are remembered (an IN list's length or a
+#: literal makes a new text; the least recently used is forgotten)
+STATEMENTS_KEPT = 1024
 
 settings: dict[str, float | bool] = {"slow_query_ms": 100.0, "query_logging": False}
 _installed = {"db": False}
@@ -57,6 +61,15 @@ def statement_labels(statement: str) -> tuple[str, str]:
     return kind, table
 
 
+@lru_cache(maxsize=STATEMENTS_KEPT)
+def _statement_series(statement: str) -> tuple[str, str, Any]:
+    """(kind, table, histogram series) of a statement: a process runs the same few
+    statement texts again and again (SQLAlchemy compiles each once), so their labels
+    are worked out once, not with a regular expression on every execution."""
+    kind, table = statement_labels(statement)
+    return kind, table, DB_STATEMENT_SECONDS.labels(kind=kind, table=table)
+
+
 def _before_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
     conn.info.setdefault(_START_KEY, []).append(time.perf_counter())
 
@@ -66,8 +79,8 @@ def _after_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
     if not started:
         return
     elapsed = time.perf_counter() - started.pop()
-    kind, table = statement_labels(statement)
-    DB_STATEMENT_SECONDS.labels(kind=kind, table=table).observe(elapsed)
+    kind, table, series = _statement_series(statement)
+    series.observe(elapsed)
     elapsed_ms = elapsed * 1000
     if elapsed_ms >= float(settings["slow_query_ms"]):
         log.warning(
