@@ -4,6 +4,7 @@ in memory; the RQ job runs in-process with rq's SimpleWorker instead of a fork).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -220,6 +221,51 @@ def test_a_request_not_sampled_leaves_no_span_in_the_relay_or_the_worker(
     assert any(s.name == "GET /events/<int:event_id>" for s in spans), "the GET was sampled"
     in_trace = sorted(s.name for s in spans if format(s.context.trace_id, "032x") == trace_id)
     assert in_trace == [], in_trace
+    assert not any(s.name.startswith(("outbox.", "mail.")) for s in spans), [s.name for s in spans]
+
+
+def test_beyond_the_budget_a_request_keeps_its_trace_id_through_the_outbox_unrecorded(
+    traced_app: Flask,
+    recorder: Recorder,
+    redis_url: str,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the process's budget of new traces is spent, a request without a caller's
+    context is not recorded and skips the Flask instrumentation, but keeps a trace id
+    of its own: in ``X-Request-ID`` and in the trace context stored with its outbox
+    messages, marked not sampled, so the relay and the worker record nothing for it
+    either, and the mail still goes out."""
+    from sqlalchemy import select
+
+    from webapp.adapters.tables import outbox_messages
+    from webapp.observability.sampling import rate_limited
+    from webapp.services.events import EventDetails, create_event
+
+    event_id = create_event(
+        get_db(traced_app).unit_of_work,
+        EventDetails("Busy talk", "d", "Room 7", datetime.now(UTC) + timedelta(days=3), True),
+        5,
+    )
+    spent = rate_limited(1, clock=lambda: 0.0)  # a clock held still: no token comes back
+    assert spent.budget.should_sample(None, 1, "the one new trace").decision.is_sampled()
+    monkeypatch.setattr(trace.get_tracer_provider(), "sampler", spent)
+    recorder.exporter.clear()
+
+    response = _register_then_deliver(traced_app, event_id, redis_url, postgres_url)
+
+    request_id = response.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id) and int(request_id, 16)
+    stored = select(outbox_messages.c.TraceContext).where(outbox_messages.c.EventId == event_id)
+    with get_db(traced_app).engine.connect() as conn:
+        contexts = [json.loads(c)["traceparent"] for c in conn.execute(stored).scalars()]
+    assert contexts, "the registration's messages carry its trace context"
+    for traceparent in contexts:
+        _, trace_id, _, flags = traceparent.split("-")
+        assert trace_id == request_id and not int(flags, 16) & 1, traceparent  # not sampled
+    assert list(Path(traced_app.config["MAILBOX_DIR"]).glob("*.eml")), "the mail went out"
+    spans = recorder.exporter.get_finished_spans()
+    assert [s.name for s in spans if format(s.context.trace_id, "032x") == request_id] == []
     assert not any(s.name.startswith(("outbox.", "mail.")) for s in spans), [s.name for s in spans]
 
 

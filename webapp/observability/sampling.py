@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
     Decision,
     ParentBased,
     Sampler,
@@ -105,6 +106,15 @@ class RateLimitingSampler(Sampler):
         trace_state = parent.trace_state if parent is not None and parent.is_valid else None
         return SamplingResult(decision, attributes if sampled else None, trace_state)
 
+    def exhausted(self) -> bool:
+        """Whether a span asking now would be refused (no token left), spending nothing."""
+        with self._lock:
+            now = self._clock()
+            elapsed = max(now - self._refilled_at, 0.0)
+            self._tokens = min(self._capacity, self._tokens + elapsed * self.per_second)
+            self._refilled_at = now
+            return self._tokens < 1.0
+
     def get_description(self) -> str:
         return f"RateLimitingSampler{{{self.per_second:g}/s}}"
 
@@ -146,7 +156,8 @@ class BudgetSampler(ParentBased):
     drops_lone_client_spans = True
 
     def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(NoLoneClientSpans(RateLimitingSampler(per_second, clock)))
+        self.budget = RateLimitingSampler(per_second, clock)
+        super().__init__(NoLoneClientSpans(self.budget))
 
 
 def rate_limited(per_second: float, clock: Callable[[], float] = time.monotonic) -> Sampler:
@@ -180,6 +191,38 @@ def drops_children_of_unsampled(sampler: Sampler) -> bool:
         if sampler.should_sample(probe, 1, "probe").decision != Decision.DROP:
             return False
     return True
+
+
+def surely_unrecorded(sampler: Sampler, parent: SpanContext) -> bool:
+    """Whether a request's span started now under ``parent`` (an invalid context: a new
+    trace) would surely not be recorded, told without spending the budget. False when
+    unsure: the span is then started and the sampler decides.
+
+    - Under a parent: the parent was not sampled, and ``sampler`` drops every child of
+      an unsampled span (:func:`drops_children_of_unsampled`).
+    - A new trace: :class:`BudgetSampler` has no token left, or the sampler is
+      ``parentbased_always_off``. (A token may come back between this answer and the
+      request's end: that request is simply not recorded.)"""
+    if parent.is_valid:
+        return not parent.trace_flags.sampled and children_dropped(sampler)
+    if isinstance(sampler, BudgetSampler):
+        return sampler.budget.exhausted()
+    # OpenTelemetry's ParentBased keeps its root sampler in ``_root``; if that changes,
+    # every new trace just takes the instrumented path
+    return isinstance(sampler, ParentBased) and getattr(sampler, "_root", None) is ALWAYS_OFF
+
+
+#: the last sampler asked about, and whether it drops every child of an unsampled span
+_children_dropped: dict[str, object] = {"sampler": None, "dropped": False}
+
+
+def children_dropped(sampler: Sampler) -> bool:
+    """:func:`drops_children_of_unsampled`, remembered for the last sampler asked (its
+    probes cost two decisions)."""
+    if sampler is not _children_dropped["sampler"]:
+        _children_dropped["dropped"] = drops_children_of_unsampled(sampler)
+        _children_dropped["sampler"] = sampler
+    return bool(_children_dropped["dropped"])
 
 
 def parse_traces_per_second(value: str | None) -> float:

@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.export import (
 )
 
 from webapp.observability.sampling import (
-    drops_children_of_unsampled,
+    children_dropped,
     drops_lone_client_spans,
     sampler_from_environment,
 )
@@ -41,8 +41,6 @@ from webapp.observability.sampling import (
 log = logging.getLogger(__name__)
 
 _state: dict[str, Any] = {"deferred": False, "instrumented": False, "pid": None}
-#: the last sampler asked about, and whether it drops every child of an unsampled span
-_children_dropped: dict[str, Any] = {"sampler": None, "dropped": False}
 
 
 def current_trace_context() -> str | None:
@@ -147,12 +145,7 @@ def children_unrecorded(span: trace.Span) -> bool:
     if not context.is_valid or context.trace_flags.sampled:
         return False
     sampler = _sampler()
-    if sampler is None:
-        return False
-    if sampler is not _children_dropped["sampler"]:
-        _children_dropped["dropped"] = drops_children_of_unsampled(sampler)
-        _children_dropped["sampler"] = sampler
-    return bool(_children_dropped["dropped"])
+    return sampler is not None and children_dropped(sampler)
 
 
 def with_instrumentation(enabled: bool) -> otel_context.Context:
@@ -274,16 +267,26 @@ def instrument_engine(engine: Any) -> None:
     engine._les_traced = True
 
 
+#: paths the Flask instrumentation makes no span for
+EXCLUDED_URLS = "healthz,readyz,metrics,static"
+
+
 def instrument_flask(app: Any) -> None:
+    """OpenTelemetry's Flask instrumentation, for the requests whose trace could be
+    recorded; the others get a non-recording span without its work
+    (``webapp.observability.request_spans``)."""
     if not tracing_enabled():
         return
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
-    # no SQL commenter (SQLAlchemy's is off too): it would put a new context in place
-    # on every request for tags nothing reads
-    FlaskInstrumentor().instrument_app(
-        app, excluded_urls="healthz,readyz,metrics,static", enable_commenter=False
-    )
+    from webapp.observability import request_spans
+
+    def instrument(app: Any) -> None:
+        # no SQL commenter (SQLAlchemy's is off too): it would put a new context in
+        # place on every request for tags nothing reads
+        FlaskInstrumentor().instrument_app(app, excluded_urls=EXCLUDED_URLS, enable_commenter=False)
+
+    request_spans.install(app, instrument, EXCLUDED_URLS)
 
 
 def flush_spans(timeout_ms: int = 2000) -> None:
