@@ -7,7 +7,7 @@ for the full URL three times to match it against the excluded URLs, starts the s
 with those attributes, and wraps ``start_response``. For a request that is not
 recorded (under load, nearly all of them: the budget is ``TRACES_PER_SECOND`` new
 traces a second per process), all of it is thrown away. It was about a fifth of the
-instructions of a cached page and a tenth of a registration flow.
+instructions of a cached page and a twelfth of a registration flow.
 
 So the app's WSGI entry first asks whether the request's span could be recorded at
 all, without spending the budget (:func:`sampling.surely_unrecorded`):
@@ -140,7 +140,7 @@ class _Dispatch:
             trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
             trace_state = parent.trace_state
         else:
-            trace_id, random_id, trace_state = ids.generate_trace_id(), False, None
+            trace_id, trace_state = ids.generate_trace_id(), None
             random_id = ids.is_trace_id_random()
         flags = TraceFlags(_RANDOM_TRACE_ID if random_id else TraceFlags.DEFAULT)
         span = NonRecordingSpan(

@@ -94,10 +94,7 @@ class RateLimitingSampler(Sampler):
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
         with self._lock:
-            now = self._clock()
-            elapsed = max(now - self._refilled_at, 0.0)
-            self._tokens = min(self._capacity, self._tokens + elapsed * self.per_second)
-            self._refilled_at = now
+            self._refill()
             sampled = self._tokens >= 1.0
             if sampled:
                 self._tokens -= 1.0
@@ -109,11 +106,15 @@ class RateLimitingSampler(Sampler):
     def exhausted(self) -> bool:
         """Whether a span asking now would be refused (no token left), spending nothing."""
         with self._lock:
-            now = self._clock()
-            elapsed = max(now - self._refilled_at, 0.0)
-            self._tokens = min(self._capacity, self._tokens + elapsed * self.per_second)
-            self._refilled_at = now
+            self._refill()
             return self._tokens < 1.0
+
+    def _refill(self) -> None:
+        """Add the tokens earned since the last refill (the caller holds the lock)."""
+        now = self._clock()
+        elapsed = max(now - self._refilled_at, 0.0)
+        self._tokens = min(self._capacity, self._tokens + elapsed * self.per_second)
+        self._refilled_at = now
 
     def get_description(self) -> str:
         return f"RateLimitingSampler{{{self.per_second:g}/s}}"
