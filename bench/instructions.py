@@ -39,7 +39,7 @@ Counts are the measured process only (not PostgreSQL or Redis), and valgrind nee
 ``PYTHONMALLOC=malloc``, which makes allocation-heavy code look dearer than it is.
 Repeated runs agree within about 0.3 % (the measured process's string hashes are
 seeded alike, ``PYTHONHASHSEED=0`` unless set; with a random seed, two runs of one
-commit differed by 2–2.4 %).
+commit differed by 2 to 2.4 %).
 """
 
 from __future__ import annotations
