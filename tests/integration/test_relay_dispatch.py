@@ -454,8 +454,12 @@ def test_in_process_relay_on_sqlite_is_woken_by_the_commit(sqlite_url: str, redi
         time.sleep(0.2)
         _register(app, event_id, 1)
         queue = Queue(OUTBOX_QUEUE, connection=relay.redis, serializer=JSONSerializer)
-        wait_until(lambda: _rows(app)[0]["DispatchedAt"] is not None, 5, interval=0.01)
+        # the job, not DispatchedAt: the claim commits that before the job goes to
+        # Redis. Within half a second: without the wake-up the relay would wait for its
+        # next poll, a second after its last pass (before the sleep above).
+        wait_until(lambda: queue.job_ids, 0.5, interval=0.01)
         [row] = _rows(app)
+        assert row["DispatchedAt"] is not None
         assert queue.job_ids == [str(row["Id"])]  # one message: a job of its own
     finally:
         relay.stop()
