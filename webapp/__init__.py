@@ -11,7 +11,13 @@ from flask import Flask
 
 from webapp.adapters.cookie_sessions import VerifiedCookieSessions
 from webapp.config import load_config
-from webapp.extensions import csrf, init_db, limit_writes_only, limiter, login_manager
+from webapp.extensions import (
+    check_limits_where_they_apply,
+    csrf,
+    init_db,
+    limiter,
+    login_manager,
+)
 from webapp.flask_app import LiveEventFlask
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -65,11 +71,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.session_interface = VerifiedCookieSessions()  # verifies each cookie once
     login_manager.init_app(app)
     limiter.init_app(app)
-    limit_writes_only(app)
 
     from webapp import views
 
     views.init_app(app)
+    check_limits_where_they_apply(app)  # once the views' limits are known
 
     from webapp import cli
 

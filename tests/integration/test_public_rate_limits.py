@@ -11,7 +11,7 @@ from flask import Flask
 from sqlalchemy import text
 
 from tests.conftest import csrf_token_from, make_app
-from webapp.extensions import get_db
+from webapp.extensions import get_db, limiter
 from webapp.services.events import EventDetails, create_event
 
 pytestmark = pytest.mark.redis
@@ -76,3 +76,29 @@ def test_status_link_posts_are_limited_too(limited_app: Flask) -> None:
     assert third.status_code == 429
     assert "Slow down a little" in third.get_data(as_text=True)
     assert client.get(cancel_path).status_code == 200  # the GET confirmation is not limited
+
+
+@pytest.fixture
+def default_limited_app(sqlite_url: str, redis_url: str) -> Iterator[Flask]:
+    """An operator's ``RATELIMIT_DEFAULT``: a limit on every route without its own."""
+    app = make_app(sqlite_url, redis_url, RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="2 per minute")
+    yield app
+    get_db(app).dispose()
+    limiter.limit_manager.set_default_limits([])  # the limiter is shared by every app
+
+
+def test_a_configured_default_limit_applies_to_writes_without_a_limit_of_their_own(
+    default_limited_app: Flask,
+) -> None:
+    """Every limit of the app is on a view, so Flask-Limiter's before-request check
+    goes; a default limit keeps it, for writes."""
+    client = default_limited_app.test_client()
+    event_id = _event(default_limited_app)
+    csrf = csrf_token_from(client.get(f"/events/{event_id}").get_data(as_text=True))
+
+    new_event = "/admin/events/new"  # no limit of its own; anonymous: sent to sign in
+    statuses = [client.post(new_event, data={"csrf_token": csrf}).status_code for _ in range(3)]
+
+    assert statuses == [302, 302, 429]
+    # reads are never limited
+    assert {client.get(f"/events/{event_id}").status_code for _ in range(4)} == {200}
