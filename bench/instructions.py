@@ -35,11 +35,24 @@ under valgrind's slowness it would record more of the operations than at full sp
 and the count would depend on the clock. ``OTEL_TRACES_SAMPLER=always_off`` counts
 the work of a process beyond its budget, where no trace is recorded.
 
+The web's cache warmer is off in the measured process (``CACHE_WARM=off`` unless
+set): it runs on a clock, at most once every 1.2 s, so under valgrind, where a flow
+takes about a second, it ran about once a flow instead of once in a hundred, and
+added 2 to 3 M instructions to a flow's count, more or less with the machine's speed
+(22.31 and 22.89 M for one state of the code, one run after the other; 19.95 and
+20.08 M without it). The flow waits for the record's refresh-ahead after its POST,
+so the status page's GET does not race the refresh. Each count is given for all the
+process's threads and for its main thread alone (the requests, the jobs, the passes).
+
 Counts are the measured process only (not PostgreSQL or Redis), and valgrind needs
 ``PYTHONMALLOC=malloc``, which makes allocation-heavy code look dearer than it is.
-Repeated runs agree within about 0.3 % (the measured process's string hashes are
-seeded alike, ``PYTHONHASHSEED=0`` unless set; with a random seed, two runs of one
-commit differed by 2 to 2.4 %).
+The measured process's string hashes are seeded alike (``PYTHONHASHSEED=0`` unless
+set; with a random seed, two runs of one commit differed by 2 to 2.4 %). Even so, a
+flow's count moves with the machine: how often a client polls a socket that is not
+ready yet, or a thread waits for the GIL, depends on timing. On a steady machine two
+runs agreed within 0.3 %; on an unsteady one, four runs of two commits that differ
+by 1.7 % of a flow spread over 19.70 to 21.15 M (main thread). There, count the
+changed code alone in a loop under callgrind.
 """
 
 from __future__ import annotations
@@ -56,7 +69,7 @@ import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import psycopg
 import redis
@@ -226,6 +239,7 @@ def browse(database_url: str, kind: str, start: int, count: int) -> None:
     app = app_from_env(env)
     with get_db(app).engine.connect() as conn:
         ids = [r[0] for r in conn.execute(select(events_table.c.Id).order_by(events_table.c.Id))]
+    refresher = app.extensions["les.cache_refresher"]
     client = app.test_client()
     base = "https://localhost"
     headers = {"Referer": base + "/"}
@@ -248,17 +262,28 @@ def browse(database_url: str, kind: str, start: int, count: int) -> None:
                 f"/events/{event_id}/register", data=fields, base_url=base, headers=headers
             )
             assert posted.status_code == 303, posted.status_code
+            refresher.wait_idle()  # the record's refresh-ahead before the redirect's GET
             get(posted.headers["Location"])
     get_db(app).dispose()
     shutil.rmtree(mailbox, ignore_errors=True)
 
 
+class Counted(NamedTuple):
+    """A process's instructions: all its threads', and its main thread's."""
+
+    total: int
+    main_thread: int
+
+
 def counted(
     database_url: str, start: int, count: int, kind: str | None = None, job_size: int = JOB_SIZE
-) -> int:
+) -> Counted:
     """Instructions of one process handling ``count`` messages from ``start`` in jobs of
-    ``job_size`` (with ``kind``: web operations, or relay passes)."""
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    ``job_size`` (with ``kind``: web operations, or relay passes): all its threads',
+    and its main thread's (the requests, the jobs or the passes themselves)."""
+    out = Path(tempfile.mkdtemp(prefix="les-callgrind-"))
+    command = ["valgrind", "--tool=callgrind", "--separate-threads=yes"]
+    command += [f"--callgrind-out-file={out / 'callgrind.out'}"]
     command += [sys.executable, "-m", "bench.instructions"]
     if kind is None:
         command += ["--handle", str(start), str(count), "--job-size", str(job_size)]
@@ -277,12 +302,19 @@ def counted(
         "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0"),
         "LES_INSTRUCTIONS_DB": database_url,
         "OTEL_TRACES_SAMPLER": os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+        # the warmer's clock-driven warm-ups out of the count (see the docstring)
+        "CACHE_WARM": os.environ.get("CACHE_WARM", "off"),
     }
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if found is None:
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        main = out / "callgrind.out-01"  # the first thread's file
+        main_total = re.search(r"^totals: (\d+)", main.read_text(), re.MULTILINE)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    if found is None or main_total is None:
         raise RuntimeError(f"no instruction count from valgrind: {done.stderr[-2000:]}")
-    return int(found.group(1))
+    return Counted(int(found.group(1)), int(main_total.group(1)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,22 +407,30 @@ def main(argv: list[str] | None = None) -> int:
         for kind, (small, large) in plans.items():
             first = counted(database_url, 0, small * per_unit, kind, args.job_size)
             second = counted(database_url, small * per_unit, large * per_unit, kind, args.job_size)
-            per = round((second - first) / (large - small))
+            per = round((second.total - first.total) / (large - small))
+            per_main = round((second.main_thread - first.main_thread) / (large - small))
+            counts = {
+                "instructions": [first.total, second.total],
+                "main_thread_instructions": [first.main_thread, second.main_thread],
+            }
+            unit = {None: "message", RELAY: "pass"}.get(kind, "operation")
             if args.cancellations:
-                result = {"cancellations": [small, large], "instructions": [first, second]}
-                result["job_size"] = args.job_size
+                unit = "cancellation"
+            measured = {
+                f"instructions_per_{unit}": per,
+                f"main_thread_instructions_per_{unit}": per_main,
+            }
+            if args.cancellations:
+                result = {"cancellations": [small, large], **counts, "job_size": args.job_size}
                 result["messages_per_cancellation"] = per_unit
-                result["instructions_per_cancellation"] = per
             elif kind is None:
-                result = {"messages": [small, large], "instructions": [first, second]}
-                result["job_size"] = args.job_size
-                result["instructions_per_message"] = per
+                result = {"messages": [small, large], **counts, "job_size": args.job_size}
             elif kind == RELAY:
-                result = {"passes": [small, large], "instructions": [first, second]}
-                result["instructions_per_pass"] = per
+                result = {"passes": [small, large], **counts}
             else:
-                result[kind] = {"operations": [small, large], "instructions": [first, second]}
-                result[kind]["instructions_per_operation"] = per
+                result[kind] = {"operations": [small, large], **counts, **measured}
+                continue
+            result.update(measured)
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
