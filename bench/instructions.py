@@ -66,6 +66,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -240,6 +241,7 @@ def browse(database_url: str, kind: str, start: int, count: int) -> None:
     with get_db(app).engine.connect() as conn:
         ids = [r[0] for r in conn.execute(select(events_table.c.Id).order_by(events_table.c.Id))]
     refresher = app.extensions["les.cache_refresher"]
+    _wait_for_near_cache(app)
     client = app.test_client()
     base = "https://localhost"
     headers = {"Referer": base + "/"}
@@ -266,6 +268,21 @@ def browse(database_url: str, kind: str, start: int, count: int) -> None:
             get(posted.headers["Location"])
     get_db(app).dispose()
     shutil.rmtree(mailbox, ignore_errors=True)
+
+
+def _wait_for_near_cache(app: Any, timeout: float = 60.0) -> None:
+    """Until the process's near cache receives invalidations and keeps copies, as a
+    web worker's does within milliseconds of its start: before, every request read
+    Redis, and how many did depended on how soon, under valgrind, its listener
+    thread subscribed."""
+    from webapp.adapters.cache import get_cache
+
+    near = get_cache(app).near
+    deadline = time.monotonic() + timeout
+    while near is not None and not near.live:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the near cache did not go live")
+        time.sleep(0.01)
 
 
 class Counted(NamedTuple):
