@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from opentelemetry import trace
 
 from webapp.observability.metrics import MAILS_SENT
 
@@ -55,6 +56,9 @@ class _Compat32(type(compat32)):  # type: ignore[misc]
             return f"{name}: {value}{self.linesep}".encode("ascii")
         return super().fold_binary(name, value)  # type: ignore[no-any-return]
 
+
+#: got once, not per mail (see ``webapp.observability.tracing.OUTBOX_TRACER``)
+_TRACER = trace.get_tracer("les.mail")
 
 #: the policy of every mail built here (``as_bytes`` and ``smtplib`` use it)
 MAIL_POLICY = _Compat32()
@@ -155,10 +159,9 @@ class Mailer:
         return mail
 
     def send(self, to: str, template: str, context: dict[str, Any], message_key: str) -> None:
-        from opentelemetry import trace  # the mail is the last hop of a registration's trace
-
         attributes = {"les.mail.template": template, "les.mail.transport": self.transport}
-        with trace.get_tracer("les.mail").start_as_current_span("mail.send", attributes=attributes):
+        # the mail is the last hop of a registration's trace
+        with _TRACER.start_as_current_span("mail.send", attributes=attributes):
             mail = self.build(to, template, context, message_key)
             if self.host:
                 self._send_smtp(mail)
