@@ -49,7 +49,7 @@ from webapp.observability.metrics import (
 from webapp.observability.tracing import continue_trace, lone_calls_skipped
 from webapp.services.delivery import DEFAULT_LEASE_SECONDS, RELAY_WAKEUP, WAKEUP_CHANNEL
 from webapp.services.unit_of_work import utcnow
-from workers import HANDLE_MESSAGES_JOB, OUTBOX_QUEUE, job_message_ids
+from workers import HANDLE_MESSAGES_JOB, OUTBOX_QUEUE, job_message_ids, rq_serializer
 
 log = logging.getLogger("workers.relay")
 
@@ -85,6 +85,7 @@ class Relay:
         self.poll_interval = min(poll_interval, 1.0)
         self.messages_per_job = max(1, messages_per_job)
         self.parallel_jobs = max(1, parallel_jobs)
+        rq_serializer.install()
         self.queue = Queue(queue_name, connection=redis_client, serializer=JSONSerializer)
         self.postgres = db.engine.dialect.name == "postgresql"
         self.stop_event = threading.Event()

@@ -20,7 +20,7 @@ from webapp.adapters import heartbeats
 from webapp.adapters.query_stats import flush_query_stats
 from webapp.observability.logs import SampledTemplates
 from webapp.observability.tracing import flush_spans
-from workers import CLEANUP_JOB, MAINTENANCE_QUEUE, QUEUES, job_message_ids, runtime
+from workers import CLEANUP_JOB, MAINTENANCE_QUEUE, QUEUES, job_message_ids, rq_serializer, runtime
 
 log = logging.getLogger("workers")
 
@@ -144,6 +144,7 @@ class OutboxWorker(_RqTrafficUntraced, _RqBookkeepingOnce, SimpleWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("serializer", JSONSerializer)
+        rq_serializer.install()
         super().__init__(*args, **kwargs)
         runtime.after_fork()  # forked from the pool: open our own connections
 
@@ -164,6 +165,7 @@ class ForkingOutboxWorker(_RqTrafficUntraced, _RqBookkeepingOnce, Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("serializer", JSONSerializer)
+        rq_serializer.install()
         super().__init__(*args, **kwargs)
         runtime.after_fork()
 
