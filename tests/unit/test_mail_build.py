@@ -132,3 +132,43 @@ def test_the_header_shortcut_agrees_with_compat32_on_any_value() -> None:
                     MAIL_POLICY.fold_binary(name, value)
                 continue
             assert MAIL_POLICY.fold_binary(name, value) == expected, (name, value)
+
+
+@pytest.mark.parametrize(
+    ("config", "reloads"),
+    [
+        ({}, False),
+        ({"DEBUG": True}, True),
+        ({"TEMPLATES_AUTO_RELOAD": True}, True),
+        ({"DEBUG": True, "TEMPLATES_AUTO_RELOAD": False}, False),
+    ],
+)
+def test_an_edited_mail_template_shows_in_the_next_mail_only_where_flask_reloads_pages(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, config: dict[str, Any], reloads: bool
+) -> None:
+    import os
+    import shutil
+
+    from webapp.adapters import mail as mail_module
+
+    templates = tmp_path / "templates"
+    shutil.copytree(mail_module.TEMPLATES_DIR / "mail", templates / "mail")
+    monkeypatch.setattr(mail_module, "TEMPLATES_DIR", templates)
+    mailer = Mailer({"MAILBOX_DIR": str(tmp_path / "mailbox"), **config})
+    context = _context("Ada", "Async Conf")
+
+    def subject() -> str:
+        return str(
+            _read(mailer.build("ada@example.test", "confirmation", context, "k").as_bytes())[
+                "Subject"
+            ]
+        )
+
+    assert subject() == "You're registered: Async Conf"
+    source = templates / "mail" / "confirmation.txt"
+    text = source.read_text()
+    source.write_text(text.replace("You're registered:", "Seat confirmed:", 1))
+    later = os.stat(source).st_mtime + 5  # a clearly newer file, whatever the clock's grain
+    os.utime(source, (later, later))
+    expected = "Seat confirmed: Async Conf" if reloads else "You're registered: Async Conf"
+    assert subject() == expected

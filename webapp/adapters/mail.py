@@ -21,6 +21,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.policy import compat32
 from email.utils import formataddr, formatdate, parseaddr
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -74,21 +75,34 @@ def _address(value: str) -> str:
     return formataddr((name, addr), charset="utf-8") if addr else value
 
 
-def _environment() -> Environment:
+def _environment(auto_reload: bool) -> Environment:
     return Environment(
         loader=FileSystemLoader(str(TEMPLATES_DIR)),
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        auto_reload=auto_reload,
     )
+
+
+def _templates_auto_reload(config: dict[str, Any]) -> bool:
+    """As Flask decides for the pages: ``TEMPLATES_AUTO_RELOAD``, else ``DEBUG``. Off,
+    a mail's two templates are not looked up on disk again (a ``stat`` each) for
+    every mail."""
+    configured = config.get("TEMPLATES_AUTO_RELOAD")
+    return bool(config.get("DEBUG")) if configured is None else bool(configured)
 
 
 def message_id_for(message_key: str, sender: str) -> str:
     """Deterministic ``<hash@domain>`` for one logical mail."""
     digest = hashlib.sha256(message_key.encode()).hexdigest()[:32]
-    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
-    return f"<{digest}@{domain}>"
+    return f"<{digest}@{_domain(sender)}>"
+
+
+@lru_cache(maxsize=8)
+def _domain(sender: str) -> str:
+    return parseaddr(sender)[1].rpartition("@")[2] or "localhost"
 
 
 def boundary_for(message_key: str, bodies: Sequence[str]) -> str:
@@ -121,7 +135,9 @@ class Mailer:
         self.password = str(config.get("SMTP_PASSWORD") or "")
         self.timeout = float(config.get("SMTP_TIMEOUT") or 10.0)
         self.mailbox_dir = Path(str(config.get("MAILBOX_DIR") or "var/mailbox"))
-        self.env = _environment()
+        self.env = _environment(_templates_auto_reload(config))
+        #: the From header, parsed and encoded once
+        self._from = _address(self.sender)
         self._smtp: smtplib.SMTP | None = None
 
     def preload(self) -> None:
@@ -150,7 +166,7 @@ class Mailer:
         boundary = boundary_for(message_key, (text_body, html))
         mail = MIMEMultipart("alternative", boundary, policy=MAIL_POLICY)
         mail["Subject"] = _header(first.removeprefix("Subject:").strip())
-        mail["From"] = _address(self.sender)
+        mail["From"] = self._from
         mail["To"] = _address(to)
         mail["Date"] = formatdate(localtime=False, usegmt=True)
         mail["Message-ID"] = message_id_for(message_key, self.sender)
