@@ -29,15 +29,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    interval: float = 0.05,
+    describe: Callable[[], str] | None = None,
+) -> Any:
+    """``predicate()`` once it is true; on a timeout, an error that says what
+    ``describe()`` found (the state a failure needs to be understood)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            found = f": {describe()}" if describe is not None else ""
+            raise AssertionError(f"condition not met within {timeout}s{found}")
         time.sleep(interval)
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a process's log file (for a failure message)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as error:
+        return f"({path.name}: {error})"
 
 
 class _SinkHandler:

@@ -18,6 +18,7 @@ from tests.integration.outbox_support import (
     SmtpSink,
     free_port,
     gated_handler_env,
+    log_tail,
     process_env,
     start_relay,
     start_worker,
@@ -211,7 +212,20 @@ def test_fork_per_job_a_killed_horse_of_a_shared_job_retries_each_message_alone(
         os.kill(int((block / "pid").read_text()), signal.SIGKILL)
         (block / "gate").unlink()
         with get_db(app).engine.connect() as conn:
-            wait_until(lambda: None not in conn.execute(select(o.ProcessedAt)).scalars().all(), 30)
+
+            def state() -> str:  # what a timeout reports: the rows and both logs
+                columns = (o.Id, o.RetryCount, o.NextRetryAt, o.LockedUntil, o.ProcessedAt)
+                rows = [tuple(r) for r in conn.execute(select(*columns))]
+                return (
+                    f"outbox {rows}\nworker log:\n{log_tail(tmp_path / 'w.log')}"
+                    f"\nrelay log:\n{log_tail(tmp_path / 'relay-a.log')}"
+                )
+
+            wait_until(
+                lambda: None not in conn.execute(select(o.ProcessedAt)).scalars().all(),
+                30,
+                describe=state,
+            )
             history = {
                 mid: [
                     tuple(h)
