@@ -13,6 +13,9 @@ Prometheus multiprocess mode: the metrics directory is set before
 files, ``/metrics`` adds them up, and ``child_exit`` marks a dead worker so its
 ``live*`` gauges disappear. Each worker builds its own tracer provider and drops
 the database connections it inherited from the master (``post_fork``).
+
+The master freezes its objects out of the garbage collector's full passes before it
+forks, and each worker its own before its first request (``webapp.start_up_objects``).
 """
 
 from __future__ import annotations
@@ -99,6 +102,21 @@ def on_starting(server: Any) -> None:
         server.log.info("web CPU priority lowered (WEB_CPU_NICE): %s", _cpu_priority)
 
 
+def when_ready(server: Any) -> None:
+    """Before the first fork: the master's objects (with ``preload_app``, the whole
+    app) frozen out of the collector's full passes, shared with every worker."""
+    from webapp.start_up_objects import freeze_start_up_objects
+
+    freeze_start_up_objects("web master")
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    """A worker (re)started later inherits what the master built since, frozen too."""
+    from webapp.start_up_objects import freeze_before_fork
+
+    freeze_before_fork()
+
+
 def post_fork(server: Any, worker: Any) -> None:
     """In the new worker: its own tracer provider, and no inherited DB connections."""
     from webapp.observability import tracing
@@ -114,6 +132,14 @@ def post_fork(server: Any, worker: Any) -> None:
         from webapp import start_background_work
 
         start_background_work(app)
+
+
+def post_worker_init(worker: Any) -> None:
+    """The worker's own start-up (its tracer provider, threads and connections; the
+    app too when it is not preloaded) frozen as well, before its first request."""
+    from webapp.start_up_objects import freeze_start_up_objects
+
+    freeze_start_up_objects(f"web worker {worker.pid}")
 
 
 def child_exit(server: Any, worker: Any) -> None:

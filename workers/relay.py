@@ -417,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, relay.stop)
     signal.signal(signal.SIGINT, relay.stop)
+    from webapp.start_up_objects import freeze_start_up_objects
+
+    freeze_start_up_objects("relay")
     relay.run()
     return 0
 

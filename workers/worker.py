@@ -245,6 +245,9 @@ def run_pool(
     if metrics_port:
         _serve_metrics(metrics_port)
     from webapp.services.outbox_maintenance import CLEANUP_INTERVAL_SECONDS
+    from webapp.start_up_objects import freeze_start_up_objects
+
+    freeze_start_up_objects("worker pool")  # before it forks its workers
 
     connection = redis.Redis.from_url(app.config["REDIS_URL"])
     pool = OutboxWorkerPool(
