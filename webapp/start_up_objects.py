@@ -12,9 +12,11 @@ next full collection walks only what was built since.
 Frozen objects are freed as before when their last reference goes; only cycles among
 them would never be found, and they live as long as the process anyway. What a
 process builds later is collected as before. Frozen right before a fork (gunicorn's
-master, the worker pool), the objects stay shared with the children: a child's
-collections no longer write to their headers, which would copy their memory pages.
-The ``gc`` module's documentation advises this for a process that forks without exec.
+master, the worker pool), as the ``gc`` module's documentation advises for a process
+that forks without exec, the objects are not walked by the children's collections
+either. That saved no memory here: gunicorn's master and two workers used 127-128 MB
+(PSS) after 3,000 event-list requests with the freeze and without, as reference counting writes
+to those pages anyway.
 """
 
 from __future__ import annotations
