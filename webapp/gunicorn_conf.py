@@ -103,11 +103,27 @@ def on_starting(server: Any) -> None:
 
 
 def when_ready(server: Any) -> None:
-    """Before the first fork: the master's objects (with ``preload_app``, the whole
-    app) frozen out of the collector's full passes, shared with every worker."""
+    """Before the first fork, with ``preload_app``: the code the views load on first
+    use loaded once for every worker; then the master's objects (the whole app)
+    frozen out of the collector's full passes."""
+    _load_request_code(getattr(server.app, "callable", None), "web master")
     from webapp.start_up_objects import freeze_start_up_objects
 
     freeze_start_up_objects("web master")
+
+
+def _load_request_code(app: Any, process: str) -> None:
+    """``webapp.warm_up`` for a loaded app (None: not loaded in this process)."""
+    if app is None or not hasattr(app, "jinja_env"):
+        return
+    from webapp.warm_up import load_request_code
+
+    templates = load_request_code(app)
+    logging.getLogger("les.warm_up").info(
+        "%s: request code loaded before the first request (%d page templates compiled)",
+        process,
+        templates,
+    )
 
 
 def pre_fork(server: Any, worker: Any) -> None:
@@ -135,8 +151,12 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """The worker's own start-up (its tracer provider, threads and connections; the
-    app too when it is not preloaded) frozen as well, before its first request."""
+    """Before the worker's first request: the views' code loaded, when the app was
+    not preloaded (a preloaded app's was loaded by the master); then the worker's own
+    start-up (its tracer provider, threads and connections; the app too when it is
+    not preloaded) frozen as well."""
+    if not worker.cfg.preload_app:
+        _load_request_code(getattr(worker, "wsgi", None), f"web worker {worker.pid}")
     from webapp.start_up_objects import freeze_start_up_objects
 
     freeze_start_up_objects(f"web worker {worker.pid}")
