@@ -14,8 +14,10 @@ files, ``/metrics`` adds them up, and ``child_exit`` marks a dead worker so its
 ``live*`` gauges disappear. Each worker builds its own tracer provider and drops
 the database connections it inherited from the master (``post_fork``).
 
-The master freezes its objects out of the garbage collector's full passes before it
-forks, and each worker its own before its first request (``webapp.start_up_objects``).
+Before it forks, the master loads the code the views would load on first use
+(``webapp.warm_up``; each worker does it when the app is not preloaded) and freezes
+its objects out of the garbage collector's full passes; each worker freezes its own
+before its first request (``webapp.start_up_objects``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The objects a long-running process builds at start-up, kept out of the cyclic
 garbage collector's full passes (``gc.freeze``).
 
-Once the app is built, a web worker holds 120,000 to 140,000 objects the collector tracks:
-imported modules, Flask's and SQLAlchemy's setup, compiled statements, templates,
-OpenTelemetry. Nearly all of them live as long as the process, yet every full
+Once the app is built, a web worker holds 120,000 to 140,000 objects the collector
+tracks: imported modules, Flask's and SQLAlchemy's setup, compiled statements,
+templates, OpenTelemetry. Nearly all of them live as long as the process, yet every full
 collection walks them all again. Measured in-process over 1,500 registration flows,
 one full collection came every ~1,500 flows and took ~80 ms, with every request
 thread of the process held up meanwhile (the GIL); frozen, none of them ran, and the
@@ -15,8 +15,8 @@ process builds later is collected as before. Frozen right before a fork (gunicor
 master, the worker pool), as the ``gc`` module's documentation advises for a process
 that forks without exec, the objects are not walked by the children's collections
 either. That saved no memory here: gunicorn's master and two workers used 127-128 MB
-(PSS) after 3,000 event-list requests with the freeze and without, as reference counting writes
-to those pages anyway.
+(PSS) after 3,000 event-list requests with the freeze and without, as reference
+counting writes to those pages anyway.
 """
 
 from __future__ import annotations

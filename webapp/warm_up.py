@@ -1,7 +1,7 @@
 """Code the web would otherwise load on a worker's first requests, loaded before them.
 
-A fresh web worker used to spend its first registration flow at about 95 ms instead
-of 17 (in-process, data already cached in Redis): every page template compiled on
+A fresh web worker used to spend its first registration flow at about 100 ms instead
+of 14-17 (in-process, data already cached in Redis): every page template compiled on
 its first render, the message handlers imported on the first use case, and WTForms'
 ``Email`` validator importing ``email_validator`` and ``idna`` on the first form it
 checked (37 ms alone). gunicorn replaces a worker after ``max_requests``, so its
