@@ -87,6 +87,8 @@ class Options:
     baseline: bool = True
     pgbench: bool = True
     profile: str | None = None
+    #: py-spy samples every thread, waiting ones too (wall time), not only the GIL's
+    profile_idle: bool = False
     requests_per_connection: int = REQUESTS_PER_CONNECTION
     seed_plan: SeedPlan = field(default_factory=SeedPlan)
 
@@ -124,6 +126,12 @@ class Options:
             metavar="SCENARIO[:ROLE]",
             help="py-spy the processes of ROLE (web, relay or worker; default web) during "
             "this scenario at the highest concurrency",
+        )
+        p.add_argument(
+            "--profile-idle",
+            action="store_true",
+            help="with --profile: sample waiting threads too (where a request's wall "
+            "time goes), instead of only the thread holding the GIL (its CPU)",
         )
         a = p.parse_args(argv)
         o = cls(quick=a.quick)
@@ -167,6 +175,9 @@ class Options:
                 p.error("--requests-per-connection must be at least 1")
             o.requests_per_connection = a.requests_per_connection
         o.profile = a.profile
+        if a.profile_idle and not a.profile:
+            p.error("--profile-idle needs --profile SCENARIO[:ROLE]")
+        o.profile_idle = a.profile_idle
         return o
 
 
@@ -294,6 +305,28 @@ def tracing_setting(environ: Mapping[str, str]) -> str:
         f"at most {per_second:g} new traces a second per process, each recorded whole "
         "(the production default, `TRACES_PER_SECOND`)"
     )
+
+
+def py_spy_command(pid: int, seconds: int, out: Path, *, idle: bool = False) -> list[str]:
+    """py-spy recording ``pid`` and its children for ``seconds`` into ``out`` (raw
+    stacks). By default only the thread holding the GIL is sampled: where the CPU
+    goes. ``idle`` samples every thread, waiting ones too: where a request's wall time
+    goes (a round trip to PostgreSQL or Redis, the wait for the GIL after it)."""
+    return [
+        str(Path(sys.executable).parent / "py-spy"),
+        "record",
+        "--pid",
+        str(pid),
+        "--subprocesses",
+        "--idle" if idle else "--gil",
+        "--duration",
+        str(seconds),
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--nonblocking",
+    ]
 
 
 class Bench:
@@ -450,21 +483,9 @@ class Bench:
         out.parent.mkdir(parents=True, exist_ok=True)
         log(f"py-spy recording {role} (pid {pids[0]} and its children) -> {out}")
         return subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "py-spy"),
-                "record",
-                "--pid",
-                str(pids[0]),
-                "--subprocesses",
-                "--gil",  # CPU: only samples of threads that hold the GIL
-                "--duration",
-                str(int(self.o.duration + self.o.warmup)),
-                "--format",
-                "raw",
-                "--output",
-                str(out),
-                "--nonblocking",
-            ],
+            py_spy_command(
+                pids[0], int(self.o.duration + self.o.warmup), out, idle=self.o.profile_idle
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench import report
@@ -274,6 +276,29 @@ def test_the_web_can_be_run_below_the_workers_priority_and_the_report_says_so() 
     assert "WEB_CPU_NICE" not in Options.parse([]).web.describe()
     with pytest.raises(SystemExit):
         Options.parse(["--web-nice", "20"])
+
+
+def test_a_profile_samples_cpu_by_default_and_wall_time_when_asked(tmp_path: Path) -> None:
+    """``--profile`` records the thread holding the GIL (CPU); ``--profile-idle``
+    every thread, waiting ones too (a request's wall time); alone it is refused."""
+    from bench.harness import Options, py_spy_command
+
+    cpu = Options.parse(["--profile", "register_free:web"])
+    wall = Options.parse(["--profile", "register_free", "--profile-idle"])
+    assert (cpu.profile_idle, wall.profile_idle) == (False, True)
+    with pytest.raises(SystemExit):
+        Options.parse(["--profile-idle"])
+
+    out = tmp_path / "profile.txt"
+    by_cpu = py_spy_command(42, 9, out)
+    by_wall = py_spy_command(42, 9, out, idle=wall.profile_idle)
+    assert "--gil" in by_cpu and "--idle" not in by_cpu
+    assert "--idle" in by_wall and "--gil" not in by_wall
+    for command in (by_cpu, by_wall):
+        assert command[command.index("--pid") + 1] == "42"
+        assert command[command.index("--duration") + 1] == "9"
+        assert command[command.index("--output") + 1] == str(out)
+        assert "--subprocesses" in command
 
 
 def test_background_latency_counts_only_at_the_target_rate() -> None:
