@@ -57,6 +57,8 @@ _SETTINGS: list[tuple[str, Any, type]] = [
     ("DB_COMMAND_TIMEOUT", 30, int),
     ("DB_QUERY_LOGGING", False, bool),
     ("SLOW_QUERY_MS", 100.0, float),
+    # at most one "slow query" line per statement kind and table this often (0: all)
+    ("SLOW_QUERY_LOG_SECONDS", 1.0, float),
     ("QUERY_STATS_ENABLED", True, bool),  # SQL timings for the operator dashboard
     # limits and security
     ("RATELIMIT_REGISTRATION", "30 per minute", str),

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -191,3 +192,31 @@ def test_cache_page_shows_hit_rates_per_region(
     assert int(last_5_lookups) >= 4
     assert rate.endswith("%") and 0 < float(rate.rstrip(" %")) < 100
     assert last_5_rate.endswith("%")
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_slow_statements_of_a_burst_are_one_log_line_and_every_one_is_timed(
+    postgres_url: str, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three slow statements in a row (as every registration of a hot event waits for
+    its row lock): one "slow query" line, while the statement histogram and the
+    dashboard's slow statements have all three."""
+    from prometheus_client import REGISTRY
+
+    app = make_app(postgres_url, redis_url, SLOW_QUERY_MS=20.0, SLOW_QUERY_LOG_SECONDS=60.0)
+    labels = {"kind": "select", "table": "none"}
+    before = REGISTRY.get_sample_value("les_db_statement_duration_seconds_count", labels) or 0.0
+    caplog.set_level(logging.WARNING, logger="les.db")
+    with get_db(app).engine.connect() as conn:
+        for _ in range(3):
+            conn.execute(text("SELECT pg_sleep(0.03)"))
+    query_stats.flush_query_stats()
+
+    lines = [r for r in caplog.records if r.name == "les.db" and r.getMessage() == "slow query"]
+    assert len(lines) == 1
+    assert lines[0].statement == "SELECT pg_sleep(0.03)" and lines[0].duration_ms >= 30
+    after = REGISTRY.get_sample_value("les_db_statement_duration_seconds_count", labels) or 0.0
+    assert after - before == 3
+    slow = slow_queries(redis.Redis.from_url(redis_url))
+    assert [q["sql"] for q in slow].count("SELECT pg_sleep(?)") >= 3

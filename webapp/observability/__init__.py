@@ -55,7 +55,9 @@ def init_app(app: Flask) -> None:
     tracing.instrument_libraries()
     tracing.configure_tracing(service, str(config.get("ENV", "development")))
     collectors.install_db_observers(
-        float(config.get("SLOW_QUERY_MS", 100.0)), bool(config.get("DB_QUERY_LOGGING", False))
+        float(config.get("SLOW_QUERY_MS", 100.0)),
+        bool(config.get("DB_QUERY_LOGGING", False)),
+        float(config.get("SLOW_QUERY_LOG_SECONDS", 1.0)),
     )
     db = app.extensions.get("les.db")
     gauges = None
