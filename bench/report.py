@@ -500,7 +500,8 @@ def markdown(results: dict[str, Any], results_path: str, analysis: str = "") -> 
         "`--workers/--threads/--worker-class`, `--web-nice N` (the web below the relay and "
         "workers' CPU priority), `--requests-per-connection`, "
         "`--profile SCENARIO[:web|relay|worker]` "
-        "for a py-spy profile of that role's processes into `var/bench/`). It uses the "
+        "for a py-spy profile of that role's processes into `var/bench/`, its CPU; with "
+        "`--profile-idle`, its wall time). It uses the "
         "database `les_bench` (dropped and recreated) and Redis databases 10 and 11 only.",
         "",
         "## Targets (issue 7)",
