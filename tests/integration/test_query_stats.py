@@ -208,9 +208,11 @@ def test_slow_statements_of_a_burst_are_one_log_line_and_every_one_is_timed(
     labels = {"kind": "select", "table": "none"}
     before = REGISTRY.get_sample_value("les_db_statement_duration_seconds_count", labels) or 0.0
     caplog.set_level(logging.WARNING, logger="les.db")
-    with get_db(app).engine.connect() as conn:
+    engine = get_db(app).engine
+    with engine.connect() as conn:
         for _ in range(3):
             conn.execute(text("SELECT pg_sleep(0.03)"))
+    engine.dispose()
     query_stats.flush_query_stats()
 
     lines = [r for r in caplog.records if r.name == "les.db" and r.getMessage() == "slow query"]
