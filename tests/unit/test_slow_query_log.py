@@ -6,6 +6,9 @@ slowest of them. Other kinds and tables have their own interval; 0 logs them all
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
 
 import pytest
 
@@ -89,3 +92,34 @@ def test_a_long_statement_is_cut_in_the_line(caplog: pytest.LogCaptureFixture) -
     slow.note("select", "Events", "SELECT " + "x, " * 400 + "1", 500.0)
 
     assert len(_lines(caplog)[0].statement) == 500
+
+
+def test_a_forked_child_logs_though_a_thread_of_the_parent_held_the_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker forks its work horse while another of its threads may be inside
+    ``note``: the child starts with the lock free, so its first slow statement does
+    not wait forever for a thread it does not have."""
+    from webapp.observability import collectors
+
+    monkeypatch.setattr(collectors, "_slow_queries", SlowQueryLog(0.0))
+    collectors._slow_queries._lock.acquire()  # as if another thread were logging
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: log a slow statement, then leave at once
+            try:
+                collectors._slow_queries.note("select", "Events", LOCK, 150.0)
+            finally:
+                os._exit(0)
+    finally:
+        collectors._slow_queries._lock.release()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the child waited for a lock a thread of its parent held at the fork")

@@ -5,6 +5,7 @@ database on scrape (outbox backlog, top waitlists, popular events)."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -118,6 +119,15 @@ class SlowQueryLog:
 
 
 _slow_queries = SlowQueryLog(1.0)
+
+
+def _slow_log_after_fork_in_child() -> None:
+    """A forked child (a worker's work horse, a web worker) starts with its lock free:
+    a thread of the parent may have held it at the fork, and never will in the child."""
+    _slow_queries._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_slow_log_after_fork_in_child)
 
 
 def _after_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
