@@ -12,17 +12,10 @@ import time
 
 import pytest
 
+from tests.unit.fake_clock import Clock
 from webapp.observability.collectors import SlowQueryLog
 
 LOCK = 'SELECT "Events"."Id" FROM "Events" WHERE "Events"."Id" = %(id)s FOR UPDATE'
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
+from tests.unit.fake_clock import Clock
 from webapp.observability.sampling import (
     RateLimitingSampler,
     drops_children_of_unsampled,
@@ -27,14 +28,6 @@ from webapp.observability.sampling import (
     rate_limited,
     sampler_from_environment,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def tracer_at(per_second: float, clock: Clock) -> trace.Tracer:

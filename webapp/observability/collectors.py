@@ -107,27 +107,29 @@ class SlowQueryLog:
                 return
             self._logged_at[key] = now
             held = self._held.pop(key, None)
-        extra: dict[str, Any] = {
-            "duration_ms": round(elapsed_ms, 2),
-            "kind": kind,
-            "table": table,
-            "statement": statement[:500],
-        }
+        extra = _statement_fields(kind, table, statement, elapsed_ms)
         if held is not None:
             extra["suppressed"], extra["suppressed_slowest_ms"] = held[0], round(held[1], 2)
         log.warning("slow query", extra=extra)
 
+    def after_fork_in_child(self) -> None:
+        """A forked child (a worker's work horse, a web worker) starts with the lock
+        free: a thread of the parent may have held it at the fork, and none will here."""
+        self._lock = threading.Lock()
+
+
+def _statement_fields(kind: str, table: str, statement: str, elapsed_ms: float) -> dict[str, Any]:
+    """A statement's fields in its log line."""
+    return {
+        "duration_ms": round(elapsed_ms, 2),
+        "kind": kind,
+        "table": table,
+        "statement": statement[:500],
+    }
+
 
 _slow_queries = SlowQueryLog(1.0)
-
-
-def _slow_log_after_fork_in_child() -> None:
-    """A forked child (a worker's work horse, a web worker) starts with its lock free:
-    a thread of the parent may have held it at the fork, and never will in the child."""
-    _slow_queries._lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_slow_log_after_fork_in_child)
+os.register_at_fork(after_in_child=lambda: _slow_queries.after_fork_in_child())
 
 
 def _after_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -142,14 +144,7 @@ def _after_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         _slow_queries.note(kind, table, statement, elapsed_ms)
     elif settings["query_logging"]:
         log.debug(
-            "query",
-            extra={
-                "duration_ms": round(elapsed_ms, 2),
-                "kind": kind,
-                "table": table,
-                "statement": statement[:500],
-                "sample": True,
-            },
+            "query", extra={**_statement_fields(kind, table, statement, elapsed_ms), "sample": True}
         )
 
 
